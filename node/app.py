@@ -1,0 +1,133 @@
+"""Build the node from a NodeConfig and serve it: one trio process, one hypercorn server,
+one Quart-trio app with every enabled role mounted under its prefix.
+
+``serve_node`` is what ``seamless-node run`` calls and what tests use (with port 0): it
+opens the store, starts the roles, binds, reports the bound URL through ``task_status``,
+and on cancellation stops accepting, closes connections within ``node.shutdown_grace``
+seconds, and closes the roles.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from quart import Response, request
+
+from . import __version__
+from .config import NodeConfig
+from .errors import NodeError
+from .metrics import Metrics
+from .roles import NodeContext, Role, role_classes
+from .store.buffers import BufferStore
+from .store.service import BufferService
+from .web.app_class import NodeApp
+
+log = logging.getLogger("seamless_node")
+
+
+@dataclass
+class Node:
+    config: NodeConfig
+    app: NodeApp
+    context: NodeContext
+    roles: list[Role]
+
+
+def build_node(config: NodeConfig) -> Node:
+    cfg = config.buffers
+    store = BufferStore(
+        config.buffer_directory,
+        readonly=cfg.readonly,
+        max_buffer_size=cfg.max_buffer_size,
+        layout=cfg.layout,  # type: ignore[arg-type]
+        extra_dirs=cfg.extra_dirs,
+        fsync=cfg.fsync,
+        reserve_free_bytes=cfg.reserve_free_bytes,
+    )
+    metrics = Metrics()
+    service = BufferService(store, threads=cfg.threads, promise_ttl=cfg.promise_ttl)
+    context = NodeContext(config=config, buffers=service, metrics=metrics)
+    classes = role_classes()
+    roles = [classes[name](context) for name in config.node.roles]
+
+    app = NodeApp("seamless_node")
+    app.config["MAX_CONTENT_LENGTH"] = None  # the node enforces its own limits per route
+    app.config["BODY_TIMEOUT"] = None
+    app.config["RESPONSE_TIMEOUT"] = None
+    for role in roles:
+        for blueprint in role.blueprints():
+            app.register_blueprint(blueprint)
+    _install_common_routes(app, node_roles=roles, metrics=metrics, started=time.time())
+    return Node(config, app, context, roles)
+
+
+def _install_common_routes(app: NodeApp, *, node_roles: list[Role], metrics: Metrics, started: float) -> None:
+    metrics.describe("seamless_node_http_requests_total", "HTTP requests answered, by role and status")
+    metrics.gauge("seamless_node_uptime_seconds", lambda: time.time() - started, "seconds since start")
+
+    @app.route("/healthcheck", methods=["GET"])
+    async def healthcheck() -> Response:
+        return Response("OK", content_type="text/plain")
+
+    @app.route("/metrics", methods=["GET"])
+    async def metrics_route() -> Response:
+        return Response(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.route("/api/v1/node", methods=["GET"])
+    async def node_info() -> Response:
+        import json
+
+        body = {
+            "version": __version__,
+            "roles": [r.name for r in node_roles],
+            "prefixes": {r.name: r.prefix for r in node_roles},
+        }
+        return Response(json.dumps(body), content_type="application/json")
+
+    @app.errorhandler(NodeError)
+    async def node_error(exc: NodeError) -> Response:
+        status = exc.http_status
+        if status >= 500:
+            log.error("%s %s failed: %s", request.method, request.path, exc)
+        else:
+            log.info("%s %s refused (%d): %s", request.method, request.path, status, exc)
+        return Response(str(exc), status=status, content_type="text/plain")
+
+    @app.after_request
+    async def count(response: Response) -> Response:
+        first = request.path.split("/", 2)[1] if request.path.count("/") >= 1 else ""
+        metrics.inc("seamless_node_http_requests_total", area=first or "root", status=str(response.status_code))
+        return response
+
+
+def hypercorn_config(config: NodeConfig) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"{config.node.host}:{config.node.port}"]
+    hc.graceful_timeout = float(config.node.shutdown_grace)
+    hc.read_timeout = 60  # closes idle keep-alive connections (not done otherwise on trio)
+    hc.keep_alive_timeout = 60
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.include_server_header = False
+    return hc
+
+
+async def serve_node(config: NodeConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the node until cancelled; report the bound base URLs to ``task_status``."""
+    node = build_node(config)
+    await node.context.buffers.open()
+    try:
+        async with trio.open_nursery() as nursery:
+            for role in node.roles:
+                await role.start(nursery)
+            urls = await nursery.start(serve, node.app, hypercorn_config(config))
+            task_status.started(urls)
+    finally:
+        with trio.CancelScope(shield=True):
+            for role in node.roles:
+                await role.aclose()

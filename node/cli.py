@@ -1,0 +1,265 @@
+"""The ``seamless-node`` command line."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from typing import Callable, Iterator
+
+import click
+import trio
+
+from . import __version__
+from .config import BUILT_ROLES, VALID_ROLES, build_config
+from .errors import ConfigError, NodeError
+
+DEFAULT_URL = "http://127.0.0.1:5533"
+log = logging.getLogger("seamless_node")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"seamless-node: {message}", err=True)
+    sys.exit(code)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr when it is a terminal; silent otherwise."""
+    if not sys.stderr.isatty() or total <= 0:
+        yield lambda n: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True) as bar:
+        yield bar.update
+
+
+url_option = click.option(
+    "--url",
+    envvar="SEAMLESS_NODE_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="Base URL of the node (env SEAMLESS_NODE_URL).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="seamless-node")
+def main() -> None:
+    """seamless-node: run the deployment roles of Seamless (buffers, database, jobless,
+    compile, fair, cloudless) in one process, and talk to a running node.
+
+    Start a node with `seamless-node run`; see `seamless-node COMMAND --help`.
+    """
+
+
+@main.command()
+@click.option(
+    "--roles",
+    help=f"Comma-separated roles to run, from: {', '.join(VALID_ROLES)}. "
+    f"Default: {','.join(BUILT_ROLES)} (every role built in this version).",
+)
+@click.option("--host", help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to bind (default 5533; 0 picks a free one).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the node keeps its data (default ./seamless-data).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML configuration file.")
+@click.option("--readonly", is_flag=True, default=None, help="Serve the buffer store read-only.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Logging detail.")
+def run(
+    roles: str | None,
+    host: str | None,
+    port: int | None,
+    data_dir: str | None,
+    config_file: str | None,
+    readonly: bool | None,
+    log_level: str | None,
+) -> None:
+    """Start a node and serve until Ctrl-C or SIGTERM.
+
+    Settings come from defaults < the YAML file (--config) < environment variables
+    SEAMLESS_NODE__SECTION__KEY < these flags. The node prints one line
+    `seamless-node listening on http://HOST:PORT (roles: ...)` when it is ready.
+    """
+    flags = {
+        "node": {"host": host, "port": port, "data_dir": data_dir, "roles": roles, "log_level": log_level},
+        "buffers": {"readonly": readonly},
+    }
+    try:
+        config = build_config(config_file=config_file, flags=flags)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+        return
+    not_built = [r for r in config.node.roles if r not in BUILT_ROLES]
+    if not_built:
+        _fail(
+            f"role(s) {', '.join(not_built)} not available in seamless-node {__version__} yet; "
+            f"built roles: {', '.join(BUILT_ROLES)}",
+            2,
+        )
+    _setup_logging(config.node.log_level)
+    from .app import serve_node
+
+    async def main_task() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                urls = await nursery.start(serve_node, config)
+                click.echo(f"seamless-node listening on {urls[0]} (roles: {','.join(config.node.roles)})")
+                sys.stdout.flush()
+                async for signum in signals:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main_task)
+    except NodeError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot start: {exc}")
+    log.info("stopped")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@url_option
+def put(files: tuple[str, ...], url: str) -> None:
+    """Upload FILES to the node's buffer store.
+
+    Prints one line per file, `CHECKSUM  FILE` (the format of sha256sum, so the list can be
+    checked with `sha256sum -c`).
+    """
+    from .client import NodeClient, hash_file
+
+    with NodeClient(url) as client:
+        for path in files:
+            size = os.path.getsize(path)
+            with _progress(f"hashing {os.path.basename(path)}", size) as progress:
+                checksum = hash_file(path, progress)
+            try:
+                with _progress(f"uploading {os.path.basename(path)}", size) as progress:
+                    client.put_file(path, checksum, progress)
+            except NodeError as exc:
+                _fail(str(exc))
+            click.echo(f"{checksum}  {path}")
+
+
+@main.command()
+@click.argument("checksums", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (one checksum only).")
+@click.option("-d", "--directory", type=click.Path(file_okay=False), help="Write each buffer to DIRECTORY/CHECKSUM.")
+@url_option
+def get(checksums: tuple[str, ...], output: str | None, directory: str | None, url: str) -> None:
+    """Download buffers by checksum, verified before they are written.
+
+    With one checksum and no option, the buffer goes to standard output.
+    """
+    from .checksum import parse_checksum
+    from .client import NodeClient
+
+    try:
+        for cs in checksums:
+            parse_checksum(cs)
+    except NodeError as exc:
+        _fail(str(exc), 2)
+    if output and len(checksums) != 1:
+        _fail("--output takes exactly one checksum; use --directory for several", 2)
+    if not output and not directory and len(checksums) != 1:
+        _fail("several checksums need --directory", 2)
+    with NodeClient(url) as client:
+        try:
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            for cs in checksums:
+                target = output or (os.path.join(directory, cs) if directory else None)
+                if target is None:
+                    data = client.get_many([cs]).get(cs)
+                    if data is None:
+                        # too large for a batch, or absent: stream it through a temp file
+                        import tempfile
+
+                        with tempfile.TemporaryDirectory() as tmp:
+                            path = os.path.join(tmp, cs)
+                            client.download(cs, path)
+                            with open(path, "rb") as f:
+                                while chunk := f.read(1 << 20):
+                                    sys.stdout.buffer.write(chunk)
+                    else:
+                        sys.stdout.buffer.write(data)
+                    continue
+                with _progress(f"downloading {cs[:12]}", 0) as progress:
+                    client.download(cs, target, progress)
+        except NodeError as exc:
+            _fail(str(exc))
+
+
+@main.command()
+@click.argument("checksums", nargs=-1, required=True)
+@url_option
+def has(checksums: tuple[str, ...], url: str) -> None:
+    """Tell which buffers the node has. Exit status 1 if any is missing."""
+    from .checksum import parse_checksum
+    from .client import NodeClient
+
+    try:
+        for cs in checksums:
+            parse_checksum(cs)
+        with NodeClient(url) as client:
+            present = client.has(list(checksums))
+    except NodeError as exc:
+        _fail(str(exc))
+        return
+    for cs, here in zip(checksums, present):
+        click.echo(f"{cs} {'present' if here else 'missing'}")
+    if not all(present):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False), help="The node's data directory (its buffers/ are checked).")
+@click.option("--directory", type=click.Path(file_okay=False), help="A buffer directory to check instead (e.g. a hashserver's).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Take the directory from this YAML configuration.")
+@click.option("--no-repair", is_flag=True, help="Only report; move nothing to quarantine.")
+def fsck(data_dir: str | None, directory: str | None, config_file: str | None, no_repair: bool) -> None:
+    """Re-hash every stored buffer; list and quarantine damaged ones.
+
+    Exit status 0 when the store is sound, 1 when damage was found (damaged files are moved
+    to .quarantine/ in the store unless --no-repair).
+    """
+    from .store.buffers import BufferStore
+    from .store.fsck import fsck as run_fsck
+
+    try:
+        config = build_config(config_file=config_file, flags={"node": {"data_dir": data_dir}})
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+        return
+    root = directory or config.buffer_directory
+    if not os.path.isdir(root):
+        _fail(f"no buffer directory at {root}", 2)
+    store = BufferStore(root, readonly=no_repair, layout=config.buffers.layout)  # type: ignore[arg-type]
+    store.open()
+    total = sum(os.lstat(loc.path).st_size for _, loc in store.iter_files())
+    with _progress("checking", total) as progress:
+        report = run_fsck(store, repair=not no_repair, progress=progress)
+    for path in report.corrupt:
+        click.echo(f"CORRUPT {path}")
+    for path in report.strays:
+        click.echo(f"STRAY   {path}")
+    for path in report.quarantined:
+        click.echo(f"moved to {path}")
+    click.echo(
+        f"checked {report.checked} buffers ({report.bytes_checked} bytes): "
+        f"{len(report.corrupt)} corrupt, {len(report.strays)} stray"
+        + (f", {report.stale_tmp} unfinished writes in .tmp" if report.stale_tmp else "")
+    )
+    if report.damaged:
+        sys.exit(1)

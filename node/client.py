@@ -1,0 +1,137 @@
+"""A small synchronous client for a node's buffer API, used by the CLI.
+
+Uploads stream from disk and downloads stream to a temp file that is verified before it
+is renamed into place, so neither side ever holds a large buffer in memory and a damaged
+download never appears under the requested name.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from typing import Callable, Iterator
+
+import httpx
+
+from .checksum import new_hasher, parse_checksum
+from .errors import NodeError
+
+CHUNK = 1 << 20
+Progress = Callable[[int], None]
+_FRAME = struct.Struct(">32sq")
+
+
+class ClientError(NodeError):
+    """The node answered with an error, or could not be reached."""
+
+
+def hash_file(path: str, progress: Progress | None = None) -> str:
+    hasher = new_hasher()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return hasher.hexdigest()
+
+
+def decode_batch(body: bytes) -> dict[str, bytes | None]:
+    """Decode a ``POST /api/v1/buffers/get`` answer; see node.roles.buffers_api."""
+    out: dict[str, bytes | None] = {}
+    pos = 0
+    while pos < len(body):
+        raw, length = _FRAME.unpack_from(body, pos)
+        pos += _FRAME.size
+        if length >= 0:
+            out[raw.hex()] = body[pos : pos + length]
+            pos += length
+        else:
+            out[raw.hex()] = None
+    return out
+
+
+class NodeClient:
+    def __init__(self, url: str, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "NodeClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        try:
+            return self.http.request(method, self.url + path, **kwargs)  # type: ignore[arg-type]
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach the node at {self.url}: {exc}") from None
+
+    @staticmethod
+    def _check(response: httpx.Response, what: str) -> None:
+        if response.status_code >= 400:
+            text = response.text.strip()[:300]
+            raise ClientError(f"{what}: HTTP {response.status_code}: {text}")
+
+    def put_file(self, path: str, checksum: str, progress: Progress | None = None) -> int:
+        """Upload a file whose checksum is known; return the HTTP status (200/201/202)."""
+
+        def body() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    if progress:
+                        progress(len(chunk))
+                    yield chunk
+
+        size = os.path.getsize(path)
+        response = self._request(
+            "PUT", f"/buffers/{checksum}", content=body(), headers={"Content-Length": str(size)}
+        )
+        self._check(response, f"upload of {path}")
+        return response.status_code
+
+    def has(self, checksums: list[str]) -> list[bool]:
+        response = self._request("POST", "/api/v1/buffers/has", json=checksums)
+        self._check(response, "has")
+        return response.json()
+
+    def download(self, checksum: str, out_path: str, progress: Progress | None = None) -> None:
+        """Download to *out_path*, verified; nothing is left there if verification fails."""
+        parse_checksum(checksum)
+        directory = os.path.dirname(os.path.abspath(out_path))
+        hasher = new_hasher()
+        fd, tmp = tempfile.mkstemp(prefix=".seamless-get-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    with self.http.stream("GET", f"{self.url}/buffers/{checksum}") as response:
+                        if response.status_code == 404:
+                            raise ClientError(f"buffer {checksum} is not on the node")
+                        if response.status_code >= 400:
+                            response.read()
+                            self._check(response, f"download of {checksum}")
+                        for chunk in response.iter_bytes(CHUNK):
+                            hasher.update(chunk)
+                            out.write(chunk)
+                            if progress:
+                                progress(len(chunk))
+                except httpx.HTTPError as exc:
+                    raise ClientError(f"download of {checksum} failed: {exc}") from None
+            if hasher.hexdigest() != checksum:
+                raise ClientError(f"download of {checksum} does not match its checksum; discarded")
+            os.replace(tmp, out_path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def get_many(self, checksums: list[str]) -> dict[str, bytes | None]:
+        response = self._request("POST", "/api/v1/buffers/get", json=checksums)
+        self._check(response, "batched download")
+        return decode_batch(response.content)

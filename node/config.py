@@ -1,0 +1,287 @@
+"""NodeConfig: defaults < YAML file < environment < command-line flags.
+
+Every setting lives in a section (``node``, ``buffers``, ...). In a YAML file::
+
+    node:
+      port: 5533
+    buffers:
+      max_buffer_size: 16GiB
+
+in the environment as ``SEAMLESS_NODE__BUFFERS__MAX_BUFFER_SIZE=16GiB``. Unknown sections or
+keys and values of the wrong type are errors (ConfigError, exit status 2 from the CLI) that
+name the offending setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+VALID_ROLES = ("buffers", "database", "jobless", "compile", "fair", "cloudless")
+BUILT_ROLES = ("buffers",)
+DEFAULT_ROLES = BUILT_ROLES
+ENV_PREFIX = "SEAMLESS_NODE__"
+
+
+class Size(int):
+    """A byte count; accepts ``1048576``, ``"1MiB"``, ``"1.5 GB"``, ``"512k"``."""
+
+
+class Seconds(float):
+    """A duration in seconds; accepts ``30``, ``"30s"``, ``"10m"``, ``"2h"``, ``"1d"``."""
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kb": 1000, "kib": 1024,
+    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
+}
+_TIME_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(value: object) -> Size:
+    if isinstance(value, bool):
+        raise ValueError("expected a size, got a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return Size(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            return Size(int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]))
+    raise ValueError(f"expected a size such as 1048576, 64MiB or 2GB, got {value!r}")
+
+
+def parse_seconds(value: object) -> Seconds:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration, got a boolean")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return Seconds(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if m and m.group(2).lower() in _TIME_UNITS:
+            return Seconds(float(m.group(1)) * _TIME_UNITS[m.group(2).lower()])
+    raise ValueError(f"expected a duration such as 30, 30s, 10m or 2h, got {value!r}")
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """Where the node listens and keeps its data."""
+
+    host: str = "127.0.0.1"
+    port: int = 5533
+    data_dir: str = "./seamless-data"
+    roles: tuple[str, ...] = DEFAULT_ROLES
+    log_level: str = "info"
+    #: seconds that open connections get to finish on shutdown
+    shutdown_grace: Seconds = Seconds(2.0)
+
+
+@dataclass(frozen=True)
+class BuffersSection:
+    """The buffer store and the buffer server role."""
+
+    #: the buffer directory; default: <data_dir>/buffers
+    directory: str | None = None
+    #: read-only extra buffer directories consulted after the store
+    extra_dirs: tuple[str, ...] = ()
+    #: prefix or flat; default: detected from the directory (prefix for a new one)
+    layout: str | None = None
+    readonly: bool = False
+    max_buffer_size: Size = Size(64 * 1024**3)
+    #: writes are refused (507) when they would leave less free disk than this
+    reserve_free_bytes: Size = Size(64 * 1024**2)
+    upload_idle_timeout: Seconds = Seconds(30.0)
+    #: minimum average upload rate (bytes/s) once upload_grace has passed
+    upload_min_rate: Size = Size(16 * 1024)
+    upload_grace: Seconds = Seconds(10.0)
+    promise_ttl: Seconds = Seconds(600.0)
+    #: worker threads for store I/O
+    threads: int = 8
+    fsync: bool = True
+    #: most checksums in one batched request (/has, multi-get)
+    max_batch_count: int = 100_000
+    #: most bytes in one batched download
+    max_batch_bytes: Size = Size(256 * 1024**2)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node: NodeSection = field(default_factory=NodeSection)
+    buffers: BuffersSection = field(default_factory=BuffersSection)
+
+    @property
+    def buffer_directory(self) -> str:
+        return self.buffers.directory or os.path.join(self.node.data_dir, "buffers")
+
+
+_SECTION_TYPES = typing.get_type_hints(NodeConfig)
+
+
+def _coerce(hint: Any, value: object, *, from_text: bool) -> object:
+    """Convert *value* to the field type *hint*; raise ValueError with a plain message."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (from_text and value == ""):
+            return None
+        return _coerce(args[0], value, from_text=from_text)
+    if hint is Size:
+        return parse_size(value)
+    if hint is Seconds:
+        return parse_seconds(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ValueError(f"expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+            return int(value)
+        raise ValueError(f"expected a whole number, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_text and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"expected a string, got {value!r}")
+    if origin is tuple:
+        if from_text and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected a list, got {value!r}")
+        (item_hint, _ellipsis) = typing.get_args(hint)
+        return tuple(_coerce(item_hint, v, from_text=from_text) for v in value)
+    raise ValueError(f"unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _section_fields(section: str) -> dict[str, Any]:
+    return typing.get_type_hints(_SECTION_TYPES[section])
+
+
+def _apply(
+    overrides: dict[str, dict[str, object]],
+    section: str,
+    key: str,
+    value: object,
+    *,
+    source: str,
+    from_text: bool,
+) -> None:
+    if section not in _SECTION_TYPES:
+        raise ConfigError(f"{source}: unknown section {section!r} (known: {', '.join(_SECTION_TYPES)})")
+    fields = _section_fields(section)
+    if key not in fields:
+        raise ConfigError(
+            f"{source}: unknown setting {section}.{key} (known in {section}: {', '.join(fields)})"
+        )
+    try:
+        overrides.setdefault(section, {})[key] = _coerce(fields[key], value, from_text=from_text)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {section}.{key}: {exc}") from None
+
+
+def load_yaml(path: str) -> dict[str, dict[str, object]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    overrides: dict[str, dict[str, object]] = {}
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping of settings")
+        for key, value in values.items():
+            _apply(overrides, str(section), str(key), value, source=path, from_text=False)
+    return overrides
+
+
+def load_environment(environ: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    overrides: dict[str, dict[str, object]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        if len(parts) != 2:
+            raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}SECTION__KEY")
+        _apply(overrides, parts[0], parts[1], value, source=f"environment {name}", from_text=True)
+    return overrides
+
+
+def validate(config: NodeConfig) -> NodeConfig:
+    unknown = [r for r in config.node.roles if r not in VALID_ROLES]
+    if unknown:
+        raise ConfigError(
+            f"unknown role(s) {', '.join(unknown)}; valid roles: {', '.join(VALID_ROLES)}"
+        )
+    if not config.node.roles:
+        raise ConfigError("no roles to run; choose from: " + ", ".join(VALID_ROLES))
+    if not 0 <= config.node.port <= 65535:
+        raise ConfigError(f"node.port must be between 0 and 65535, got {config.node.port}")
+    if config.buffers.layout not in (None, "prefix", "flat"):
+        raise ConfigError(f"buffers.layout must be prefix or flat, got {config.buffers.layout!r}")
+    if config.node.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"node.log_level must be debug, info, warning or error, got {config.node.log_level!r}")
+    if config.buffers.threads < 1:
+        raise ConfigError("buffers.threads must be at least 1")
+    return config
+
+
+def build_config(
+    *,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: dict[str, dict[str, object]] | None = None,
+) -> NodeConfig:
+    """Merge every source, lowest precedence first, and validate the result."""
+    layers = []
+    if config_file:
+        layers.append(load_yaml(config_file))
+    layers.append(load_environment(os.environ if environ is None else environ))
+    flag_layer: dict[str, dict[str, object]] = {}
+    for section, values in (flags or {}).items():
+        for key, value in values.items():
+            if value is not None:
+                _apply(flag_layer, section, key, value, source="command line", from_text=isinstance(value, str))
+    layers.append(flag_layer)
+    merged: dict[str, dict[str, object]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            merged.setdefault(section, {}).update(values)
+    sections = {name: _SECTION_TYPES[name](**merged.get(name, {})) for name in _SECTION_TYPES}
+    return validate(NodeConfig(**sections))

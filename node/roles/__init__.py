@@ -1,0 +1,15 @@
+"""The deployment roles a node can run, by name."""
+
+from __future__ import annotations
+
+from .base import NodeContext, Role
+
+
+def role_classes() -> dict[str, type[Role]]:
+    """Roles built in this version, by name (imported lazily to keep start-up light)."""
+    from .buffers import BuffersRole
+
+    return {"buffers": BuffersRole}
+
+
+__all__ = ["NodeContext", "Role", "role_classes"]

@@ -1,0 +1,132 @@
+"""The buffers role: Seamless's hashserver 1.1 protocol at ``/buffers``.
+
+Every route translates HTTP into one call on the BufferService and back; the logic lives
+in the store. Answers follow hashserver (see docs/api.md), minus its bugs: a compressed
+body is sent only to a client whose Accept-Encoding lists the encoding, ``/buffer-length``
+never answers ``true``, and promise waits end with the node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from quart import Blueprint, Response, request
+
+from ..checksum import parse_checksum, parse_checksum_list
+from ..store.compression import accepted_encodings, parse_content_encoding
+from ..store.service import PutOutcome, SmallBuffer
+from ..web.body import BodyLimits, body_chunks, declared_length, read_json
+from .base import Role
+
+log = logging.getLogger("seamless_node.buffers")
+
+_OUTCOME_STATUS = {PutOutcome.CREATED: 200, PutOutcome.EXISTED: 201, PutOutcome.IN_PROGRESS: 202}
+
+
+def json_response(value: object, status: int = 200) -> Response:
+    return Response(json.dumps(value), status=status, content_type="application/json")
+
+
+class BuffersRole(Role):
+    name = "buffers"
+    prefix = "/buffers"
+
+    @property
+    def upload_limits(self) -> BodyLimits:
+        cfg = self.context.config.buffers
+        return BodyLimits(
+            max_bytes=None,  # compressed bodies may be larger or smaller: the store checks
+            idle_timeout=cfg.upload_idle_timeout,
+            min_rate=float(cfg.upload_min_rate),
+            grace=cfg.upload_grace,
+        )
+
+    @property
+    def query_limits(self) -> BodyLimits:
+        cfg = self.context.config.buffers
+        # 64 hex characters, quotes and a separator per checksum, with headroom
+        return BodyLimits(max_bytes=cfg.max_batch_count * 72 + 1024, idle_timeout=cfg.upload_idle_timeout)
+
+    async def checksum_list(self) -> list[str]:
+        value = await read_json(request, self.query_limits)
+        return parse_checksum_list(value, max_items=self.context.config.buffers.max_batch_count)
+
+    def blueprints(self) -> list[Blueprint]:
+        bp = Blueprint("buffers", __name__, url_prefix=self.prefix)
+        service = self.context.buffers
+        metrics = self.context.metrics
+        cfg = self.context.config.buffers
+
+        @bp.route("/healthcheck", methods=["GET"])
+        async def healthcheck() -> Response:
+            return Response("OK", content_type="text/plain")
+
+        @bp.route("/has", methods=["GET", "POST"])
+        async def has() -> Response:
+            return json_response(await service.has(await self.checksum_list()))
+
+        @bp.route("/has-now", methods=["GET", "POST"])
+        async def has_now() -> Response:
+            checksums = await self.checksum_list()
+            return json_response(await service.has(checksums, include_pending=False))
+
+        @bp.route("/buffer-length", methods=["GET", "POST"])
+        async def buffer_length() -> Response:
+            return json_response(await service.lengths(await self.checksum_list()))
+
+        @bp.route("/promise/<checksum>", methods=["PUT"])
+        async def promise(checksum: str) -> Response:
+            parse_checksum(checksum)
+            if service.readonly:
+                return Response("this node's buffer store is read-only", status=405)
+            ttl = service.pending.promise(checksum)
+            return json_response({"checksum": checksum, "expires_in": ttl}, status=202)
+
+        @bp.route("/<checksum>", methods=["GET"])
+        async def get_buffer(checksum: str) -> Response:
+            parse_checksum(checksum)
+            found = await service.get(checksum, accepted_encodings(request.headers.get("Accept-Encoding")))
+            if found is None:
+                return Response("Not found", status=404, content_type="text/plain")
+            headers = {"Content-Type": "application/octet-stream"}
+            if found.encoding:
+                headers["Content-Encoding"] = found.encoding
+            if isinstance(found, SmallBuffer):
+                metrics.inc("seamless_node_buffer_bytes_sent_total", len(found.data))
+                return Response(found.data, headers=headers)
+            if found.content_length is not None:
+                headers["Content-Length"] = str(found.content_length)
+                metrics.inc("seamless_node_buffer_bytes_sent_total", found.content_length)
+            response = Response(found.__aiter__(), headers=headers)
+            response.timeout = None  # a large download may take as long as it takes
+            return response
+
+        @bp.route("/<checksum>", methods=["PUT"])
+        async def put_buffer(checksum: str) -> Response:
+            parse_checksum(checksum)
+            if service.readonly:
+                return Response("this node's buffer store is read-only", status=405)
+            encoding = parse_content_encoding(request.headers.get("Content-Encoding"))
+            length = declared_length(request)
+            if encoding is None and length is not None and length > cfg.max_buffer_size:
+                return Response(
+                    f"buffer of {length} bytes is over this node's maximum buffer size "
+                    f"({cfg.max_buffer_size} bytes)",
+                    status=413,
+                )
+            outcome = await service.put_stream(
+                checksum,
+                body_chunks(request, self.upload_limits),
+                encoding=encoding,
+                expected_size=length,
+            )
+            if outcome is PutOutcome.CREATED:
+                metrics.inc("seamless_node_buffers_stored_total")
+                if length:
+                    metrics.inc("seamless_node_buffer_bytes_received_total", length)
+            return Response("OK", status=_OUTCOME_STATUS[outcome], content_type="text/plain")
+
+        from .buffers_api import buffers_api_blueprint
+
+        return [bp, buffers_api_blueprint(self)]

@@ -1,0 +1,286 @@
+"""BufferStore: content-addressed files on disk, written atomically and read verified.
+
+This is the blocking core; ``node.store.service.BufferService`` is the async API that every
+ingress path (HTTP PUT, peer fetch, download index, job output, ...) goes through, calling
+each method here in a single thread hop.
+
+The directory is compatible with Seamless's hashserver in both directions: the node can
+serve a hashserver directory (prefix or flat layout, plain or compressed files) and
+hashserver can serve the node's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from ..checksum import parse_checksum
+from ..errors import StoreError, StoreReadOnly
+from . import layout as L
+from .reader import OpenedBuffer, VerifiedReader, open_in_shard, open_shard
+from .writer import PendingWrite, raise_for_oserror
+
+log = logging.getLogger("seamless_node.store")
+
+
+@dataclass(frozen=True)
+class StoreRoot:
+    """One directory of buffers: the primary store or a read-only extra directory."""
+
+    path: str
+    layout: L.Layout
+
+
+class BufferStore:
+    """Blocking operations on the buffer directory. Thread-safe: no shared mutable state
+    other than the filesystem, whose renames are atomic."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        max_buffer_size: int | None = None,
+        layout: L.Layout | None = None,
+        extra_dirs: Iterable[str | os.PathLike[str]] = (),
+        fsync: bool = True,
+        reserve_free_bytes: int = 0,
+    ) -> None:
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.readonly = readonly
+        self.max_buffer_size = max_buffer_size
+        self.fsync = fsync
+        self.reserve_free_bytes = reserve_free_bytes
+        self._requested_layout = layout
+        self._extra_dirs = [os.path.abspath(os.fspath(d)) for d in extra_dirs]
+        self.layout: L.Layout = layout or "prefix"
+        self.roots: list[StoreRoot] = []
+        self.tmp_dir = os.path.join(self.directory, L.TMP_DIR)
+        self.quarantine_dir = os.path.join(self.directory, L.QUARANTINE_DIR)
+
+    # -- start-up -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create (or check) the directory, pick the layout, clear stale temp files."""
+        if self.readonly:
+            if not os.path.isdir(self.directory):
+                raise StoreError(f"buffer directory {self.directory!r} does not exist")
+        else:
+            os.makedirs(self.directory, exist_ok=True)
+        self.layout = self._requested_layout or L.detect_layout(self.directory)
+        if not self.readonly:
+            sentinel = os.path.join(self.directory, L.PREFIX_SENTINEL)
+            if self.layout == "prefix" and not os.path.exists(sentinel):
+                with open(sentinel, "wb") as f:
+                    f.write(L.PREFIX_SENTINEL_CONTENT)
+            os.makedirs(self.quarantine_dir, exist_ok=True)
+            if os.path.isdir(self.tmp_dir):
+                stale = self.clear_tmp()
+                if stale:
+                    log.warning("removed %d unfinished write(s) left by an earlier run", stale)
+            os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
+        self.roots = [StoreRoot(self.directory, self.layout)] + [
+            StoreRoot(d, L.detect_layout(d)) for d in self._extra_dirs
+        ]
+
+    def clear_tmp(self) -> int:
+        count = 0
+        for entry in os.scandir(self.tmp_dir):
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                count += 1
+            except OSError as exc:
+                log.warning("cannot remove stale temp file %s: %s", entry.path, exc)
+        return count
+
+    # -- locating -------------------------------------------------------------------
+
+    def _locations(self, root: StoreRoot, checksum: str) -> list[L.BufferLocation]:
+        return L.candidate_locations(root.path, checksum, root.layout)
+
+    def open_buffer(self, checksum: str) -> OpenedBuffer | None:
+        """Open the first stored variant of *checksum* (primary store, then extra dirs)."""
+        parse_checksum(checksum)
+        for root in self.roots:
+            locations = self._locations(root, checksum)
+            dir_fd = open_shard(locations[0].directory, nofollow=root.layout == "prefix")
+            if dir_fd is None:
+                continue
+            try:
+                for location in locations:
+                    opened = open_in_shard(dir_fd, location)
+                    if opened is not None:
+                        return opened
+            finally:
+                os.close(dir_fd)
+        return None
+
+    def _stat_many(self, checksums: list[str]) -> list[tuple[L.BufferLocation, int] | None]:
+        """For each checksum, its first regular stored file and that file's size."""
+        results: list[tuple[L.BufferLocation, int] | None] = [None] * len(checksums)
+        for root in self.roots:
+            by_shard: dict[str, list[int]] = {}
+            for i, cs in enumerate(checksums):
+                if results[i] is None:
+                    by_shard.setdefault(L.shard_directory(root.path, cs, root.layout), []).append(i)
+            for shard, indices in by_shard.items():
+                dir_fd = open_shard(shard, nofollow=root.layout == "prefix")
+                if dir_fd is None:
+                    continue
+                try:
+                    for i in indices:
+                        for location in self._locations(root, checksums[i]):
+                            try:
+                                st = os.stat(location.filename, dir_fd=dir_fd, follow_symlinks=False)
+                            except OSError:
+                                continue
+                            if (st.st_mode & 0o170000) == 0o100000:  # regular file
+                                results[i] = (location, st.st_size)
+                                break
+                finally:
+                    os.close(dir_fd)
+        return results
+
+    def has_many(self, checksums: list[str]) -> list[bool]:
+        return [r is not None for r in self._stat_many(checksums)]
+
+    def lengths(self, checksums: list[str]) -> list[int]:
+        """Decompressed lengths; 0 for an absent buffer (as hashserver answers)."""
+        out: list[int] = []
+        for cs, found in zip(checksums, self._stat_many(checksums)):
+            if found is None:
+                out.append(0)
+            elif found[0].encoding is None:
+                out.append(found[1])
+            else:
+                opened = self.open_buffer(cs)
+                if opened is None:
+                    out.append(0)
+                    continue
+                os.close(opened.fd)
+                out.append(opened.length if opened.length is not None else 0)
+        return out
+
+    # -- reading --------------------------------------------------------------------
+
+    def open_reader(self, checksum: str, accept: set[str] = frozenset()) -> VerifiedReader | None:  # type: ignore[assignment]
+        opened = self.open_buffer(checksum)
+        if opened is None:
+            return None
+        stored = opened.location.encoding
+        send = stored if stored is not None and stored in accept else None
+        return VerifiedReader(opened, checksum, send)
+
+    def read(self, checksum: str) -> bytes | None:
+        """The whole buffer, verified; None if absent. Raises CorruptBuffer (and
+        quarantines the file) if it no longer matches its name."""
+        reader = self.open_reader(checksum)
+        if reader is None:
+            return None
+        try:
+            return reader.read_all()
+        except StoreError:
+            self.quarantine(reader.opened.location, "failed verification on read")
+            raise
+
+    # -- writing --------------------------------------------------------------------
+
+    def primary_location(self, checksum: str, encoding: str | None) -> L.BufferLocation:
+        for location in L.candidate_locations(self.directory, checksum, self.layout):
+            if location.encoding == encoding:
+                return location
+        raise ValueError(encoding)
+
+    def begin_write(self, checksum: str, encoding: str | None, expected_size: int | None = None) -> PendingWrite:
+        parse_checksum(checksum)
+        if self.readonly:
+            raise StoreReadOnly("this buffer store is read-only")
+        if self.reserve_free_bytes or expected_size:
+            self._check_free_space(expected_size or 0)
+        return PendingWrite(checksum, self.tmp_dir, encoding, self.max_buffer_size, self.fsync)
+
+    def _check_free_space(self, incoming: int) -> None:
+        try:
+            st = os.statvfs(self.directory)
+        except OSError as exc:
+            raise_for_oserror(exc, "checking free space")
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < incoming + self.reserve_free_bytes:
+            from ..errors import StoreFull
+
+            raise StoreFull(
+                f"not enough free space on the buffer store: {free} bytes free, "
+                f"{incoming} needed plus a reserve of {self.reserve_free_bytes}"
+            )
+
+    def finish_write(self, pending: PendingWrite) -> bool:
+        """Verify and commit; True if the buffer is new, False if it was already there.
+
+        On any error the temp file is removed and nothing becomes visible."""
+        try:
+            pending.verify()
+            if self._stat_many([pending.checksum])[0] is not None:
+                pending.abort()
+                return False
+            pending.commit(self.primary_location(pending.checksum, pending.encoding))
+            return True
+        except BaseException:
+            pending.abort()
+            raise
+
+    def put(self, checksum: str, data: bytes, encoding: str | None = None) -> bool:
+        """Store a whole in-memory buffer (the same protocol as a streamed write)."""
+        parse_checksum(checksum)
+        if self._stat_many([checksum])[0] is not None:
+            return False
+        pending = self.begin_write(checksum, encoding, len(data))
+        try:
+            pending.feed(data)
+        except BaseException:
+            pending.abort()
+            raise
+        return self.finish_write(pending)
+
+    # -- damage -----------------------------------------------------------------------
+
+    def quarantine(self, location: L.BufferLocation, reason: str) -> str | None:
+        """Move a damaged file out of the store; return where it went."""
+        if self.readonly or not location.path.startswith(self.directory + os.sep):
+            log.error("corrupt buffer %s (%s); store is read-only, left in place", location.path, reason)
+            return None
+        os.makedirs(self.quarantine_dir, exist_ok=True)
+        target = os.path.join(self.quarantine_dir, f"{location.filename}.{time.time_ns()}")
+        try:
+            os.rename(location.path, target)
+        except FileNotFoundError:
+            return None
+        log.error("quarantined %s: %s", location.path, reason)
+        return target
+
+    def iter_files(self) -> Iterator[tuple[str, L.BufferLocation]]:
+        """Every buffer file in the primary store, as (checksum, location); for fsck."""
+        root = self.directory
+        if self.layout == "prefix":
+            shards = sorted(
+                e.path for e in os.scandir(root)
+                if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
+            )
+        else:
+            shards = [root]
+        for shard in shards:
+            for entry in sorted(os.scandir(shard), key=lambda e: e.name):
+                parsed = L.encoding_of_filename(entry.name)
+                if parsed is None:
+                    continue
+                name, encoding = parsed
+                if len(name) != 64 or entry.name.startswith("."):
+                    continue
+                yield name, L.BufferLocation(shard, entry.name, encoding)

@@ -1,0 +1,165 @@
+"""Verified reads of stored buffers.
+
+A stored file is trusted only after it has been re-hashed. A reader hashes every byte it
+hands out and reports the verdict when it reaches the end; callers must not let the last
+piece of a buffer go out before that verdict (see ``BufferService.stream``). A file is
+opened relative to its shard directory with ``O_NOFOLLOW`` on both, and must be a regular
+file: a planted symlink, FIFO or device is never read.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+from dataclasses import dataclass
+
+import zstandard
+
+from ..checksum import new_hasher
+from ..errors import CorruptBuffer
+from .compression import Decompressor
+from .layout import LENGTH_SIDECAR_SUFFIX, BufferLocation
+
+CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+@dataclass
+class OpenedBuffer:
+    """An open, regular stored file and what is known about it."""
+
+    fd: int
+    location: BufferLocation
+    stored_size: int
+    #: decompressed length when known (always for plain files; from the sidecar otherwise)
+    length: int | None
+
+
+def open_shard(directory: str, *, nofollow: bool) -> int | None:
+    """Open a shard directory; None when it is missing or not a real directory."""
+    flags = _DIR_FLAGS | (os.O_NOFOLLOW if nofollow else 0)
+    try:
+        return os.open(directory, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:  # ELOOP: a symlink planted as a shard directory
+        return None
+
+
+def open_in_shard(dir_fd: int, location: BufferLocation) -> OpenedBuffer | None:
+    """Open one stored variant; None if absent, a symlink or not a regular file."""
+    try:
+        fd = os.open(location.filename, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return None
+        os.set_blocking(fd, True)
+    except OSError:
+        os.close(fd)
+        return None
+    length: int | None = st.st_size
+    if location.encoding is not None:
+        length = read_sidecar(dir_fd, location)
+    return OpenedBuffer(fd, location, st.st_size, length)
+
+
+def read_sidecar(dir_fd: int, location: BufferLocation) -> int | None:
+    base = location.filename.rsplit(".", 1)[0]
+    try:
+        fd = os.open(base + LENGTH_SIDECAR_SUFFIX, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        raw = os.read(fd, 64)
+    finally:
+        os.close(fd)
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+class VerifiedReader:
+    """Reads one stored buffer in chunks, hashing the decompressed bytes.
+
+    ``send_encoding`` is the encoding of the bytes handed out: the stored encoding when the
+    client accepts it, else None (the stored bytes are decompressed on the way out).
+    """
+
+    def __init__(self, opened: OpenedBuffer, checksum: str, send_encoding: str | None) -> None:
+        self.opened = opened
+        self.checksum = checksum
+        self.send_encoding = send_encoding
+        self._hasher = new_hasher()
+        self._file = os.fdopen(opened.fd, "rb", buffering=0)
+        self._remaining = opened.stored_size
+        stored = opened.location.encoding
+        self._raw_decoder: Decompressor | None = None
+        self._decoded_stream = None
+        if stored is not None and send_encoding == stored:
+            self._raw_decoder = Decompressor(stored, self._hasher.update)
+        elif stored == "zstd":
+            self._decoded_stream = zstandard.ZstdDecompressor().stream_reader(self._file)
+        elif stored == "gzip":
+            self._decoded_stream = gzip.GzipFile(fileobj=self._file, mode="rb")
+        self.finished = False
+
+    @property
+    def content_length(self) -> int | None:
+        """Length of what will be sent, when known in advance."""
+        if self.opened.location.encoding is None or self._raw_decoder is not None:
+            return self.opened.stored_size
+        return self.opened.length
+
+    def read_chunk(self, size: int = CHUNK) -> tuple[bytes, bool]:
+        """Return (data, at_end). At the end, raise CorruptBuffer if the hash is wrong."""
+        try:
+            if self._decoded_stream is not None:
+                data = self._decoded_stream.read(size)
+                self._hasher.update(data)
+                at_end = not data
+            else:
+                data = self._file.read(min(size, self._remaining)) if self._remaining else b""
+                self._remaining -= len(data)
+                if self._raw_decoder is not None:
+                    self._raw_decoder.feed(data)
+                else:
+                    self._hasher.update(data)
+                at_end = self._remaining <= 0 or not data
+                if at_end and self._raw_decoder is not None:
+                    self._raw_decoder.finish()
+        except (OSError, EOFError, zstandard.ZstdError, ValueError) as exc:
+            self.close()
+            raise CorruptBuffer(f"buffer {self.checksum} is unreadable: {exc}") from None
+        if at_end:
+            self.finished = True
+            digest = self._hasher.hexdigest()
+            self.close()
+            if digest != self.checksum:
+                raise CorruptBuffer(
+                    f"File corruption: stored buffer {self.checksum} hashes to {digest}"
+                )
+        return data, at_end
+
+    def read_all(self) -> bytes:
+        parts = []
+        while True:
+            data, at_end = self.read_chunk()
+            parts.append(data)
+            if at_end:
+                return b"".join(parts)
+
+    def close(self) -> None:
+        try:
+            if self._decoded_stream is not None:
+                self._decoded_stream.close()
+            self._file.close()
+        except OSError:
+            pass

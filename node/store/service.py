@@ -1,0 +1,223 @@
+"""BufferService: the one async API through which buffers enter and leave the node.
+
+Every ingress path (the buffer server's PUT, peer fetches, download indexes, job outputs)
+calls ``put_stream`` or ``put_bytes``; every egress path calls ``get``. Blocking work runs in
+worker threads, one hop per logical operation (a small buffer is written or read whole in a
+single hop; a large one in hops of about 1 MiB), under a CapacityLimiter so that a burst of
+requests cannot start unbounded threads.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterable, AsyncIterator, Callable, TypeVar
+
+import trio
+
+from ..checksum import parse_checksum
+from ..errors import CorruptBuffer, StoreError
+from .buffers import BufferStore
+from .promises import PendingBuffers
+from .reader import CHUNK, VerifiedReader
+from .writer import PendingWrite
+
+log = logging.getLogger("seamless_node.store")
+
+T = TypeVar("T")
+
+#: Buffers up to this size are read whole, verified, and sent with a definite answer.
+SMALL_READ = 4 * CHUNK
+
+
+class PutOutcome(enum.Enum):
+    CREATED = "created"  # stored now (HTTP 200)
+    EXISTED = "existed"  # was already present (HTTP 201)
+    IN_PROGRESS = "in-progress"  # the same upload is running (HTTP 202)
+
+
+@dataclass
+class SmallBuffer:
+    data: bytes
+    encoding: str | None
+
+
+class StreamedBuffer:
+    """A large buffer being sent: verified as it goes, and the last piece is held back
+    until the whole has hashed correctly. On a mismatch the file is quarantined and the
+    iterator raises, so the response is cut short and no client ever receives a complete,
+    wrong buffer."""
+
+    def __init__(self, service: "BufferService", reader: VerifiedReader) -> None:
+        self._service = service
+        self._reader = reader
+        self.content_length = reader.content_length
+        self.encoding = reader.send_encoding
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        held: bytes | None = None
+        try:
+            while True:
+                try:
+                    data, at_end = await self._service.run_sync(self._reader.read_chunk)
+                except CorruptBuffer:
+                    await self._service.run_sync(
+                        self._service.store.quarantine,
+                        self._reader.opened.location,
+                        "failed verification while streaming",
+                    )
+                    raise
+                if held is not None:
+                    yield held
+                held = data
+                if at_end:
+                    break
+            if held:
+                yield held
+        finally:
+            if not self._reader.finished:
+                self._reader.close()
+
+
+class BufferService:
+    def __init__(self, store: BufferStore, *, threads: int = 8, promise_ttl: float = 600.0) -> None:
+        self.store = store
+        self.limiter = trio.CapacityLimiter(threads)
+        self.pending = PendingBuffers(promise_ttl)
+        self.on_stored: list[Callable[[str], None]] = []
+
+    async def run_sync(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def open(self) -> None:
+        await self.run_sync(self.store.open)
+
+    @property
+    def readonly(self) -> bool:
+        return self.store.readonly
+
+    # -- queries ----------------------------------------------------------------------
+
+    async def has(self, checksums: list[str], *, include_pending: bool = True) -> list[bool]:
+        found = await self.run_sync(self.store.has_many, checksums)
+        if include_pending:
+            found = [f or self.pending.is_pending(cs) for f, cs in zip(found, checksums)]
+        return found
+
+    async def lengths(self, checksums: list[str]) -> list[int]:
+        return await self.run_sync(self.store.lengths, checksums)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _open_for_get(self, checksum: str, accept: set[str]) -> SmallBuffer | VerifiedReader | None:
+        reader = self.store.open_reader(checksum, accept)
+        if reader is None:
+            return None
+        size = reader.content_length
+        if size is not None and size <= SMALL_READ:
+            try:
+                return SmallBuffer(reader.read_all(), reader.send_encoding)
+            except CorruptBuffer:
+                self.store.quarantine(reader.opened.location, "failed verification on read")
+                raise
+        return reader
+
+    async def get(
+        self, checksum: str, accept: set[str] = frozenset(), *, wait_pending: bool = True  # type: ignore[assignment]
+    ) -> SmallBuffer | StreamedBuffer | None:
+        """Open a buffer for sending; waits for a promised or in-progress upload first."""
+        parse_checksum(checksum)
+        result = await self.run_sync(self._open_for_get, checksum, accept)
+        if result is None and wait_pending and self.pending.is_pending(checksum):
+            await self.pending.wait(checksum)
+            result = await self.run_sync(self._open_for_get, checksum, accept)
+        if isinstance(result, VerifiedReader):
+            return StreamedBuffer(self, result)
+        return result
+
+    async def read(self, checksum: str) -> bytes | None:
+        """The whole decompressed buffer in memory (for small buffers: inputs, records)."""
+        parse_checksum(checksum)
+        return await self.run_sync(self.store.read, checksum)
+
+    # -- writing ----------------------------------------------------------------------
+
+    async def put_bytes(self, checksum: str, data: bytes, encoding: str | None = None) -> PutOutcome:
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.put_stream(checksum, one(), encoding=encoding, expected_size=len(data))
+
+    async def put_stream(
+        self,
+        checksum: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        encoding: str | None = None,
+        expected_size: int | None = None,
+    ) -> PutOutcome:
+        """Store a buffer from a stream of chunks, verified against *checksum*.
+
+        Raises ChecksumMismatch, BufferTooLarge, StoreFull, InvalidBody, UploadTimeout...;
+        in every such case nothing is stored."""
+        parse_checksum(checksum)
+        if self.store.readonly:
+            from ..errors import StoreReadOnly
+
+            raise StoreReadOnly("this node's buffer store is read-only")
+        if self.pending.is_uploading(checksum):
+            return PutOutcome.IN_PROGRESS
+        if (await self.run_sync(self.store.has_many, [checksum]))[0]:
+            self.pending.resolve(checksum)
+            return PutOutcome.EXISTED
+        if not self.pending.start_upload(checksum):
+            return PutOutcome.IN_PROGRESS
+        stored = False
+        try:
+            created = await self._write(checksum, chunks, encoding, expected_size)
+            stored = True
+        finally:
+            self.pending.end_upload(checksum, stored)
+        if created:
+            for callback in self.on_stored:
+                callback(checksum)
+        return PutOutcome.CREATED if created else PutOutcome.EXISTED
+
+    async def _write(
+        self,
+        checksum: str,
+        chunks: AsyncIterable[bytes],
+        encoding: str | None,
+        expected_size: int | None,
+    ) -> bool:
+        buffered = bytearray()
+        pending: PendingWrite | None = None
+        done = False
+        try:
+            async for chunk in chunks:
+                buffered += chunk
+                if len(buffered) >= CHUNK:
+                    if pending is None:
+                        pending = await self.run_sync(
+                            self.store.begin_write, checksum, encoding, expected_size
+                        )
+                    piece, buffered = bytes(buffered), bytearray()
+                    await self.run_sync(pending.feed, piece)
+            if pending is None:
+                # The whole body fitted in one piece: write it in a single hop.
+                created = await self.run_sync(self.store.put, checksum, bytes(buffered), encoding)
+                done = True
+                return created
+            if buffered:
+                await self.run_sync(pending.feed, bytes(buffered))
+            created = await self.run_sync(self.store.finish_write, pending)
+            done = True
+            return created
+        finally:
+            if pending is not None and not done:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(pending.abort)
+
+
+__all__ = ["BufferService", "PutOutcome", "SmallBuffer", "StreamedBuffer", "StoreError"]

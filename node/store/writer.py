@@ -1,0 +1,171 @@
+"""The atomic, verified write protocol for one buffer.
+
+Theory of operation. Bytes never appear under a buffer's name until they are known to
+hash to it and are on stable storage:
+
+1. open a fresh temp file in the store-private ``.tmp`` directory (same filesystem),
+   ``O_CREAT|O_EXCL|O_NOFOLLOW``, mode 0600;
+2. write each chunk while hashing it (decompressing first when the body is compressed;
+   the checksum is always over the decompressed bytes); enforce the size limit as it goes;
+3. compare the digest with the claimed checksum: a mismatch deletes the temp file;
+4. ``fsync`` the file, make it read-only (0444), ``rename`` it into place, ``fsync`` the
+   directory: only then is the write acknowledged.
+
+A crash at any point leaves at most a stray temp file, which start-up removes. The
+methods here are blocking; the async service calls each of them in one thread hop.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+
+from ..checksum import new_hasher
+from ..errors import BufferTooLarge, ChecksumMismatch, StoreError, StoreFull
+from .compression import Decompressor
+from .layout import LENGTH_SIDECAR_SUFFIX, BufferLocation
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def raise_for_oserror(exc: OSError, what: str) -> None:
+    """Turn a disk-full error into StoreFull; re-raise anything else as StoreError."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise StoreFull(f"no space left on the buffer store while {what}") from None
+    raise StoreError(f"store I/O error while {what}: {exc.strerror or exc}") from exc
+
+
+def fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PendingWrite:
+    """One buffer being written. Not thread-safe; use from one task at a time."""
+
+    def __init__(
+        self,
+        checksum: str,
+        tmp_dir: str,
+        encoding: str | None,
+        max_size: int | None,
+        fsync: bool = True,
+    ) -> None:
+        self.checksum = checksum
+        self.encoding = encoding
+        self.max_size = max_size
+        self.fsync = fsync
+        self.length = 0  # decompressed length
+        self.stored_length = 0  # bytes written to disk
+        self._hasher = new_hasher()
+        self._decompressor = Decompressor(encoding, self._hash_piece) if encoding else None
+        self.tmp_path = os.path.join(tmp_dir, f"{checksum}.{secrets.token_hex(6)}")
+        try:
+            self._fd: int | None = os.open(self.tmp_path, _OPEN_FLAGS, 0o600)
+        except OSError as exc:
+            raise_for_oserror(exc, "creating a temp file")
+
+    def _hash_piece(self, piece: bytes) -> None:
+        self.length += len(piece)
+        if self.max_size is not None and self.length > self.max_size:
+            raise BufferTooLarge(
+                f"buffer is larger than the node's maximum buffer size ({self.max_size} bytes)"
+            )
+        self._hasher.update(piece)
+
+    def feed(self, chunk: bytes) -> None:
+        """Hash and write one chunk of the body, as received."""
+        assert self._fd is not None, "write already finished"
+        if self._decompressor is not None:
+            self._decompressor.feed(chunk)
+        else:
+            self._hash_piece(chunk)
+        view = memoryview(chunk)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise_for_oserror(exc, "writing a buffer")
+        self.stored_length += len(chunk)
+
+    def verify(self) -> None:
+        """Finish decoding and compare the digest with the claimed checksum."""
+        if self._decompressor is not None:
+            self._decompressor.finish()
+        digest = self._hasher.hexdigest()
+        if digest != self.checksum:
+            raise ChecksumMismatch(
+                f"Incorrect checksum: the body hashes to {digest}, not {self.checksum}"
+            )
+
+    def commit(self, location: BufferLocation) -> None:
+        """Make the verified temp file visible at *location* (see the module docstring)."""
+        assert self._fd is not None
+        fd, self._fd = self._fd, None
+        try:
+            if self.fsync:
+                os.fsync(fd)
+            os.fchmod(fd, 0o444)
+        except OSError as exc:
+            os.close(fd)
+            raise_for_oserror(exc, "flushing a buffer to disk")
+        os.close(fd)
+        try:
+            created_dir = _ensure_directory(location.directory)
+            if self.encoding is not None:
+                _write_sidecar(location, self.length, os.path.dirname(self.tmp_path), self.fsync)
+            os.rename(self.tmp_path, location.path)
+            if self.fsync:
+                fsync_directory(location.directory)
+                if created_dir:
+                    fsync_directory(os.path.dirname(location.directory))
+        except OSError as exc:
+            raise_for_oserror(exc, "moving a buffer into place")
+
+    def abort(self) -> None:
+        """Discard the temp file; safe to call more than once."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        try:
+            os.unlink(self.tmp_path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass
+
+
+def _ensure_directory(path: str) -> bool:
+    """Create the shard directory if needed; True if it was created."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        if os.path.islink(path) or not os.path.isdir(path):
+            raise StoreError(f"store shard {path!r} is not a plain directory") from None
+        return False
+    return True
+
+
+def _write_sidecar(location: BufferLocation, length: int, tmp_dir: str, fsync: bool) -> None:
+    base = location.filename
+    for suffix in (".zst", ".gz"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    final = os.path.join(location.directory, base + LENGTH_SIDECAR_SUFFIX)
+    tmp = os.path.join(tmp_dir, f"{base}.len.{secrets.token_hex(6)}")
+    fd = os.open(tmp, _OPEN_FLAGS, 0o644)
+    try:
+        os.write(fd, str(length).encode())
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, final)
