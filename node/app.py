@@ -25,7 +25,7 @@ from .metrics import Metrics
 from .roles import NodeContext, Role, role_classes
 from .store.buffers import BufferStore
 from .store.service import BufferService
-from .web.app_class import NodeApp
+from .web.app_class import NodeApp, needs_close
 
 log = logging.getLogger("seamless_node")
 
@@ -100,6 +100,9 @@ def _install_common_routes(app: NodeApp, *, node_roles: list[Role], metrics: Met
 
     @app.after_request
     async def count(response: Response) -> Response:
+        if needs_close(request):
+            response.headers["Connection"] = "close"
+            request.body.closing = True  # type: ignore[attr-defined]
         first = request.path.split("/", 2)[1] if request.path.count("/") >= 1 else ""
         metrics.inc("seamless_node_http_requests_total", area=first or "root", status=str(response.status_code))
         return response

@@ -52,6 +52,13 @@ url_option = click.option(
 )
 
 
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first non-group exception inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="seamless-node")
 def main() -> None:
@@ -120,11 +127,14 @@ def run(
                     break
 
     try:
-        trio.run(main_task)
-    except NodeError as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(f"cannot start: {exc}")
+        trio.run(main_task, strict_exception_groups=False)
+    except BaseException as exc:
+        leaf = _first_leaf(exc)
+        if isinstance(leaf, NodeError):
+            _fail(str(leaf))
+        if isinstance(leaf, OSError):
+            _fail(f"cannot start on {config.node.host}:{config.node.port}: {leaf.strerror or leaf}")
+        raise
     log.info("stopped")
 
 

@@ -119,7 +119,7 @@ class Decompressor:
         """Flush what remains; raise InvalidBody if the stream was cut short."""
         try:
             if self._zstd is not None:
-                self._zstd.flush(zstandard.FLUSH_FRAME)
+                self._zstd.flush()  # a cut-short frame then fails the checksum
                 return
             assert self._zlib is not None
             while True:

@@ -5,6 +5,12 @@ network delivers it into an unbounded bytearray: a client that uploads faster th
 store writes would make the node buffer the whole upload in memory. Here the pulling task
 waits whenever more than ``HIGH_WATER`` bytes are buffered and the handler has not yet
 consumed them, so hypercorn's bounded queue and TCP's window push back on the client.
+
+A handler may answer without reading the body (413 before reading, 201 "already have it",
+202 "upload in progress"). Hypercorn would then block the connection once its small queue
+of unread body messages is full, hanging the client's next request on that connection. So
+after such an answer the rest of the body is read and discarded when it is small
+(``DRAIN_LIMIT``), and otherwise the answer carries ``Connection: close``.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 from typing import Optional
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from quart.wrappers import Request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
@@ -20,6 +26,9 @@ from quart_trio.wrappers.request import EventWrapper, TrioBody, TrioRequest
 
 #: Bytes a request body may hold in memory before the reader stops pulling from the socket.
 HIGH_WATER = 2 << 20
+#: An unread body up to this size is drained after an early answer; a larger one closes.
+DRAIN_LIMIT = 4 << 20
+DRAIN_TIMEOUT = 10.0
 
 
 class FlowControlledBody(TrioBody):
@@ -36,6 +45,9 @@ class FlowControlledBody(TrioBody):
         super().set_complete()
         self._drained.set()
 
+    #: set when the answer carries Connection: close (see needs_close)
+    closing = False
+
     @property
     def buffered(self) -> int:
         return len(self._data)
@@ -50,7 +62,27 @@ class FlowControlledRequest(TrioRequest):
     body_class = FlowControlledBody
 
 
+def needs_close(request: Request) -> bool:
+    """True when answering now would leave more than DRAIN_LIMIT body bytes unread."""
+    body = request.body
+    if not isinstance(body, FlowControlledBody) or body._complete.is_set():
+        return False
+    length = request.content_length
+    if length is None:
+        return request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    return length > DRAIN_LIMIT
+
+
 class FlowControlledConnection(TrioASGIHTTPConnection):
+    async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        request = self._create_request_from_scope(send)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.handle_messages, nursery, request, receive)
+            nursery.start_soon(self.handle_request, nursery, request, send)
+        body = request.body
+        if isinstance(body, FlowControlledBody) and not body._complete.is_set() and not body.closing:
+            await _drain(receive)
+
     async def handle_messages(  # type: ignore[override]
         self, nursery: trio.Nursery, request: Request, receive: ASGIReceiveCallable
     ) -> None:
@@ -67,6 +99,14 @@ class FlowControlledConnection(TrioASGIHTTPConnection):
             elif message["type"] == "http.disconnect":
                 break
         nursery.cancel_scope.cancel()
+
+
+async def _drain(receive: ASGIReceiveCallable) -> None:
+    with trio.move_on_after(DRAIN_TIMEOUT):
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
 
 
 class NodeApp(QuartTrio):
