@@ -102,7 +102,6 @@ def _install_common_routes(app: NodeApp, *, node_roles: list[Role], metrics: Met
     async def count(response: Response) -> Response:
         if needs_close(request):
             response.headers["Connection"] = "close"
-            request.body.closing = True  # type: ignore[attr-defined]
         first = request.path.split("/", 2)[1] if request.path.count("/") >= 1 else ""
         metrics.inc("seamless_node_http_requests_total", area=first or "root", status=str(response.status_code))
         return response
@@ -123,9 +122,9 @@ def hypercorn_config(config: NodeConfig) -> HypercornConfig:
 async def serve_node(config: NodeConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the node until cancelled; report the bound base URLs to ``task_status``."""
     node = build_node(config)
-    await node.context.buffers.open()
     try:
         async with trio.open_nursery() as nursery:
+            await node.context.buffers.open(nursery)
             for role in node.roles:
                 await role.start(nursery)
             urls = await nursery.start(serve, node.app, hypercorn_config(config))

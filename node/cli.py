@@ -79,7 +79,7 @@ def main() -> None:
 @click.option("--port", type=int, help="Port to bind (default 5533; 0 picks a free one).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the node keeps its data (default ./seamless-data).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML configuration file.")
-@click.option("--readonly", is_flag=True, default=None, help="Serve the buffer store read-only.")
+@click.option("--readonly", is_flag=True, default=None, help="Serve the buffer store and the database read-only.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Logging detail.")
 def run(
     roles: str | None,
@@ -99,6 +99,7 @@ def run(
     flags = {
         "node": {"host": host, "port": port, "data_dir": data_dir, "roles": roles, "log_level": log_level},
         "buffers": {"readonly": readonly},
+        "database": {"readonly": readonly},
     }
     try:
         config = build_config(config_file=config_file, flags=flags)
@@ -273,3 +274,35 @@ def fsck(data_dir: str | None, directory: str | None, config_file: str | None, n
     )
     if report.damaged:
         sys.exit(1)
+
+
+@main.command("config")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML configuration file.")
+def show_config(config_file: str | None) -> None:
+    """Print the effective configuration (defaults < YAML file < environment) as YAML.
+
+    Useful to check what a node would run with before starting it; the output is itself a
+    valid configuration file.
+    """
+    import dataclasses
+
+    import yaml
+
+    try:
+        config = build_config(config_file=config_file)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+        return
+
+    def plain(value: object) -> object:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, int) and not isinstance(value, bool):
+            return int(value)
+        if isinstance(value, float):
+            return float(value)
+        return value
+
+    click.echo(yaml.safe_dump(plain(dataclasses.asdict(config)), sort_keys=False), nl=False)

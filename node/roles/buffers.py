@@ -127,6 +127,12 @@ class BuffersRole(Role):
                     metrics.inc("seamless_node_buffer_bytes_received_total", length)
             return Response("OK", status=_OUTCOME_STATUS[outcome], content_type="text/plain")
 
+        # seamless-transformer's `seamless-upload` checks for existing buffers at
+        # <scheme>://<host>:<port>/has, dropping the base URL's path; answering there too
+        # spares its users from uploading every buffer again.
+        compat = Blueprint("buffers_root_compat", __name__)
+        compat.add_url_rule("/has", "has", has, methods=["GET", "POST"])
+
         from .buffers_api import buffers_api_blueprint
 
-        return [bp, buffers_api_blueprint(self)]
+        return [bp, compat, buffers_api_blueprint(self)]

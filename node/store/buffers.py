@@ -163,10 +163,26 @@ class BufferStore:
                 opened = self.open_buffer(cs)
                 if opened is None:
                     out.append(0)
-                    continue
-                os.close(opened.fd)
-                out.append(opened.length if opened.length is not None else 0)
+                elif opened.length is not None:
+                    os.close(opened.fd)
+                    out.append(opened.length)
+                else:
+                    out.append(self._count_decompressed(opened, cs))
         return out
+
+    def _count_decompressed(self, opened: OpenedBuffer, checksum: str) -> int:
+        """Length of a compressed file without a sidecar (copied in by hand, or left by a
+        crash between hashserver's rename and its sidecar write): decompress and count."""
+        reader = VerifiedReader(opened, checksum, None)
+        total = 0
+        try:
+            while True:
+                data, at_end = reader.read_chunk()
+                total += len(data)
+                if at_end:
+                    return total
+        except StoreError:
+            return 0
 
     # -- reading --------------------------------------------------------------------
 

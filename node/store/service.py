@@ -47,7 +47,12 @@ class StreamedBuffer:
     """A large buffer being sent: verified as it goes, and the last piece is held back
     until the whole has hashed correctly. On a mismatch the file is quarantined and the
     iterator raises, so the response is cut short and no client ever receives a complete,
-    wrong buffer."""
+    wrong buffer.
+
+    Reading runs one piece ahead of sending: a producer task in the service's nursery
+    reads and hashes the next piece in a worker thread while the current one is written to
+    the socket. If the client goes away, closing the iterator stops the producer.
+    """
 
     def __init__(self, service: "BufferService", reader: VerifiedReader) -> None:
         self._service = service
@@ -55,29 +60,46 @@ class StreamedBuffer:
         self.content_length = reader.content_length
         self.encoding = reader.send_encoding
 
+    async def _produce(self, send: trio.MemorySendChannel[tuple[bytes, bool] | BaseException]) -> None:
+        service = self._service
+        async with send:
+            try:
+                while True:
+                    try:
+                        item = await service.run_sync(self._reader.read_chunk)
+                    except CorruptBuffer as exc:
+                        await service.run_sync(
+                            service.store.quarantine,
+                            self._reader.opened.location,
+                            "failed verification while streaming",
+                        )
+                        await send.send(exc)
+                        return
+                    await send.send(item)
+                    if item[1]:
+                        return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the client went away
+            finally:
+                if not self._reader.finished:
+                    self._reader.close()
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        send, receive = trio.open_memory_channel[tuple[bytes, bool] | BaseException](1)
+        self._service.nursery.start_soon(self._produce, send)
         held: bytes | None = None
-        try:
-            while True:
-                try:
-                    data, at_end = await self._service.run_sync(self._reader.read_chunk)
-                except CorruptBuffer:
-                    await self._service.run_sync(
-                        self._service.store.quarantine,
-                        self._reader.opened.location,
-                        "failed verification while streaming",
-                    )
-                    raise
+        async with receive:
+            async for item in receive:
+                if isinstance(item, BaseException):
+                    raise item
+                data, at_end = item
                 if held is not None:
                     yield held
                 held = data
                 if at_end:
                     break
-            if held:
-                yield held
-        finally:
-            if not self._reader.finished:
-                self._reader.close()
+        if held:
+            yield held
 
 
 class BufferService:
@@ -90,7 +112,9 @@ class BufferService:
     async def run_sync(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
-    async def open(self) -> None:
+    async def open(self, nursery: trio.Nursery) -> None:
+        """Open the store; background work (read-ahead) runs in *nursery*."""
+        self.nursery = nursery
         await self.run_sync(self.store.open)
 
     @property

@@ -7,10 +7,10 @@ waits whenever more than ``HIGH_WATER`` bytes are buffered and the handler has n
 consumed them, so hypercorn's bounded queue and TCP's window push back on the client.
 
 A handler may answer without reading the body (413 before reading, 201 "already have it",
-202 "upload in progress"). Hypercorn would then block the connection once its small queue
-of unread body messages is full, hanging the client's next request on that connection. So
-after such an answer the rest of the body is read and discarded when it is small
-(``DRAIN_LIMIT``), and otherwise the answer carries ``Connection: close``.
+202 "upload in progress"). Hypercorn then gives up on the connection, but without telling
+the client, whose next request on it would hang. So such an answer carries
+``Connection: close``, and the rest of the body is pulled and discarded for a short while
+so that hypercorn's reader is never left blocked on a full queue.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from quart_trio.wrappers.request import EventWrapper, TrioBody, TrioRequest
 
 #: Bytes a request body may hold in memory before the reader stops pulling from the socket.
 HIGH_WATER = 2 << 20
-#: An unread body up to this size is drained after an early answer; a larger one closes.
-DRAIN_LIMIT = 4 << 20
-DRAIN_TIMEOUT = 10.0
+#: How long the rest of an unread body is pulled and discarded after an early answer.
+DRAIN_TIMEOUT = 2.0
 
 
 class FlowControlledBody(TrioBody):
@@ -45,9 +44,6 @@ class FlowControlledBody(TrioBody):
         super().set_complete()
         self._drained.set()
 
-    #: set when the answer carries Connection: close (see needs_close)
-    closing = False
-
     @property
     def buffered(self) -> int:
         return len(self._data)
@@ -63,14 +59,13 @@ class FlowControlledRequest(TrioRequest):
 
 
 def needs_close(request: Request) -> bool:
-    """True when answering now would leave more than DRAIN_LIMIT body bytes unread."""
+    """True when the answer goes out before the request body was fully received."""
     body = request.body
     if not isinstance(body, FlowControlledBody) or body._complete.is_set():
         return False
-    length = request.content_length
-    if length is None:
-        return request.headers.get("Transfer-Encoding", "").lower() == "chunked"
-    return length > DRAIN_LIMIT
+    if request.content_length is not None:
+        return request.content_length > 0
+    return request.headers.get("Transfer-Encoding", "").lower() == "chunked"
 
 
 class FlowControlledConnection(TrioASGIHTTPConnection):
@@ -80,7 +75,7 @@ class FlowControlledConnection(TrioASGIHTTPConnection):
             nursery.start_soon(self.handle_messages, nursery, request, receive)
             nursery.start_soon(self.handle_request, nursery, request, send)
         body = request.body
-        if isinstance(body, FlowControlledBody) and not body._complete.is_set() and not body.closing:
+        if isinstance(body, FlowControlledBody) and not body._complete.is_set():
             await _drain(receive)
 
     async def handle_messages(  # type: ignore[override]

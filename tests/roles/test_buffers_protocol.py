@@ -226,4 +226,27 @@ async def test_metrics_and_node_info(node, http):
     assert "seamless_node_buffers_stored_total 1" in r.text
     assert 'seamless_node_http_requests_total{area="buffers",status="200"}' in r.text
     r = await http.get(f"{node.url}/api/v1/node")
-    assert r.json()["roles"] == ["buffers"]
+    assert "buffers" in r.json()["roles"]
+
+
+async def test_early_answers_close_the_connection_and_leak_nothing(start_node, http):
+    """201/413 answered before the body is read: the client's next request must not hang,
+    and the server must not keep the abandoned connections open."""
+    import os
+
+    node = await start_node(buffers={"max_buffer_size": 1 << 20})
+    cs, data = random_buffer(1 << 20)
+    assert (await http.put(f"{node.buffers_url}/{cs}", content=data)).status_code == 200
+    big_cs, big = random_buffer(3 << 20)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with trio.fail_after(30):
+        for _ in range(20):
+            r = await http.put(f"{node.buffers_url}/{cs}", content=data)
+            assert r.status_code == 201
+            r = await http.put(f"{node.buffers_url}/{big_cs}", content=big)
+            assert r.status_code == 413 and r.headers["connection"] == "close"
+            r = await http.request("GET", f"{node.buffers_url}/has", json=[cs])
+            assert r.json() == [True]
+    with trio.fail_after(10):
+        while len(os.listdir("/proc/self/fd")) > fds_before + 4:
+            await trio.sleep(0.2)
