@@ -306,3 +306,8 @@ def show_config(config_file: str | None) -> None:
         return value
 
     click.echo(yaml.safe_dump(plain(dataclasses.asdict(config)), sort_keys=False), nl=False)
+
+
+from .cli_db import db  # noqa: E402  (the `db` command group lives in its own module)
+
+main.add_command(db)

@@ -27,7 +27,7 @@ import yaml
 from .errors import ConfigError
 
 VALID_ROLES = ("buffers", "database", "jobless", "compile", "fair", "cloudless")
-BUILT_ROLES = ("buffers",)
+BUILT_ROLES = ("buffers", "database")
 DEFAULT_ROLES = BUILT_ROLES
 ENV_PREFIX = "SEAMLESS_NODE__"
 
@@ -120,13 +120,37 @@ class BuffersSection:
 
 
 @dataclass(frozen=True)
+class DatabaseSection:
+    """The result database (SQLite, seamless-database 2.x compatible) and its role."""
+
+    #: the SQLite file; default: <data_dir>/seamless.db
+    path: str | None = None
+    readonly: bool = False
+    #: read-only extra database files consulted after the node's own (shared caches)
+    extra_files: tuple[str, ...] = ()
+    #: largest request body accepted (a batch counts as one request)
+    max_request_bytes: Size = Size(16 * 1024**2)
+    #: most requests in one batched API call
+    max_batch_count: int = 10_000
+    #: read connections (and threads) for concurrent reads
+    threads: int = 4
+    #: "normal" survives a crash of the node process; "full" also a power loss
+    synchronous: str = "normal"
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     buffers: BuffersSection = field(default_factory=BuffersSection)
+    database: DatabaseSection = field(default_factory=DatabaseSection)
 
     @property
     def buffer_directory(self) -> str:
         return self.buffers.directory or os.path.join(self.node.data_dir, "buffers")
+
+    @property
+    def database_path(self) -> str:
+        return self.database.path or os.path.join(self.node.data_dir, "seamless.db")
 
 
 _SECTION_TYPES = typing.get_type_hints(NodeConfig)
@@ -259,6 +283,12 @@ def validate(config: NodeConfig) -> NodeConfig:
         raise ConfigError(f"node.log_level must be debug, info, warning or error, got {config.node.log_level!r}")
     if config.buffers.threads < 1:
         raise ConfigError("buffers.threads must be at least 1")
+    if config.database.threads < 1:
+        raise ConfigError("database.threads must be at least 1")
+    if config.database.max_batch_count < 1:
+        raise ConfigError("database.max_batch_count must be at least 1")
+    if config.database.synchronous not in ("normal", "full"):
+        raise ConfigError(f"database.synchronous must be normal or full, got {config.database.synchronous!r}")
     return config
 
 

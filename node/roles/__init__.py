@@ -8,8 +8,9 @@ from .base import NodeContext, Role
 def role_classes() -> dict[str, type[Role]]:
     """Roles built in this version, by name (imported lazily to keep start-up light)."""
     from .buffers import BuffersRole
+    from .database import DatabaseRole
 
-    return {"buffers": BuffersRole}
+    return {"buffers": BuffersRole, "database": DatabaseRole}
 
 
 __all__ = ["NodeContext", "Role", "role_classes"]

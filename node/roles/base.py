@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import trio
 from quart import Blueprint
@@ -19,12 +19,17 @@ from ..config import NodeConfig
 from ..metrics import Metrics
 from ..store.service import BufferService
 
+if TYPE_CHECKING:
+    from ..store.mapping_service import MappingService
+
 
 @dataclass
 class NodeContext:
     config: NodeConfig
     buffers: BufferService
     metrics: Metrics
+    #: the result database, set by the database role when it runs
+    mappings: "MappingService | None" = None
 
 
 class Role(abc.ABC):

@@ -1,0 +1,145 @@
+"""MappingService: the async face of the MappingStore, with group commit.
+
+Reads run in a worker thread, one hop per request (a batch of queries is one request),
+under a CapacityLimiter as wide as the store's pool of reader connections.
+
+Writes go through one writer task. A request hands its updates to the task and waits; the
+task takes the first waiting request plus every other one already queued (up to
+``max_batch`` updates), applies them all in one transaction in one thread hop, and then
+wakes each request with its own outcomes. While a transaction commits, new requests queue
+up and form the next one, so under load many writes share one commit, and a lone write
+waits for nobody. A request is answered only after the COMMIT of its transaction.
+
+Cancelling a waiting request does not withdraw its writes (they may already be committing).
+On shutdown the writer finishes the transaction in progress; requests still queued fail
+with DatabaseUnavailable (503) and nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .mapping_requests import DatabaseReadOnly, DatabaseUnavailable, Query, Update
+from .mappings import MappingStore, Outcome
+
+log = logging.getLogger("seamless_node.database")
+
+
+@dataclass
+class _Pending:
+    updates: list[Update]
+    done: trio.Event = field(default_factory=trio.Event)
+    outcomes: list[Outcome] | None = None
+    error: BaseException | None = None
+
+
+class MappingService:
+    def __init__(self, store: MappingStore, *, max_batch: int = 2000, queue_size: int = 4096) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self._read_limiter = trio.CapacityLimiter(store.reader_count)
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._send, self._receive = trio.open_memory_channel[_Pending](queue_size)
+        self._running = False
+        #: committed transactions and updates, for metrics and tests
+        self.transactions = 0
+        self.updates_written = 0
+
+    @property
+    def readonly(self) -> bool:
+        return self.store.readonly
+
+    async def open(self) -> None:
+        await trio.to_thread.run_sync(self.store.open)
+
+    async def aclose(self) -> None:
+        self._running = False
+        await trio.to_thread.run_sync(self.store.close)
+
+    # --------------------------------------------------------------------------- reading
+
+    async def read(self, query: Query) -> Any:
+        return (await self.read_many([query]))[0]
+
+    async def read_many(self, queries: list[Query]) -> list[Any]:
+        return await trio.to_thread.run_sync(self.store.read_many, queries, limiter=self._read_limiter)
+
+    async def counts(self) -> dict[str, int]:
+        return await trio.to_thread.run_sync(self.store.counts, limiter=self._read_limiter)
+
+    # --------------------------------------------------------------------------- writing
+
+    async def write(self, update: Update) -> Outcome:
+        return (await self.write_many([update]))[0]
+
+    async def write_many(self, updates: list[Update]) -> list[Outcome]:
+        if self.store.readonly:
+            raise DatabaseReadOnly(f"this node's database is read-only ({self.store.readonly_reason})")
+        if not self._running:
+            raise DatabaseUnavailable("the database is not running (starting up or shutting down)")
+        if not updates:
+            return []
+        pending = _Pending(updates)
+        await self._send.send(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.outcomes is not None
+        return pending.outcomes
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer task: run it in the node's nursery until cancelled."""
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                first = await self._receive.receive()
+                batch = [first]
+                count = len(first.updates)
+                while count < self.max_batch:
+                    try:
+                        more = self._receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    batch.append(more)
+                    count += len(more.updates)
+                await self._commit(batch)
+        finally:
+            self._running = False
+            self._fail_queued()
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        updates = [u for pending in batch for u in pending.updates]
+        try:
+            outcomes = await trio.to_thread.run_sync(self.store.write_batch, updates, limiter=self._write_limiter)
+        except Exception as exc:  # the whole transaction failed: every request hears why
+            log.error("database write of %d updates failed: %s", len(updates), exc)
+            for pending in batch:
+                pending.error = exc
+                pending.done.set()
+            return
+        except BaseException:  # cancelled while committing: the thread has finished anyway
+            for pending in batch:
+                pending.error = DatabaseUnavailable("the database is shutting down")
+                pending.done.set()
+            raise
+        self.transactions += 1
+        self.updates_written += len(updates)
+        start = 0
+        for pending in batch:
+            pending.outcomes = outcomes[start : start + len(pending.updates)]
+            start += len(pending.updates)
+            pending.done.set()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                pending = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            pending.error = DatabaseUnavailable("the database is shutting down")
+            pending.done.set()
