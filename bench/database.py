@@ -14,7 +14,8 @@ Usage::
 
     python bench/database.py [--entries 20000] [--clients 16] [--batch 200] [--rounds 3]
 
-Prints a Markdown table (the median of ``--rounds`` runs) for docs/performance.md.
+Prints a Markdown table for docs/performance.md: rates are medians over ``--rounds`` runs,
+ratios the medians of each run's ratio (the servers of one run are measured back to back).
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ import time
 from typing import Awaitable, Callable
 
 import aiohttp
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def cs(kind: str, i: int) -> str:
@@ -99,16 +98,39 @@ async def wait_healthy(url: str) -> None:
 
 def start_upstream(workdir: str) -> Server:
     port = free_port()
-    args = [bin_path("seamless-database"), os.path.join(workdir, "upstream.db"), "--writable",
-            "--host", "127.0.0.1", "--port", str(port)]
-    server = Server(args, workdir, lambda line: f"http://127.0.0.1:{port}" if "DATABASE FILE" in line else None)
+    args = [
+        bin_path("seamless-database"),
+        os.path.join(workdir, "upstream.db"),
+        "--writable",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    server = Server(
+        args, workdir, lambda line: f"http://127.0.0.1:{port}" if "DATABASE FILE" in line else None
+    )
     asyncio.run(wait_healthy(server.url))
     return server
 
 
 def start_node(workdir: str) -> Server:
-    args = [sys.executable, "-m", "node", "run", "--roles", "database", "--host", "127.0.0.1",
-            "--port", "0", "--data-dir", os.path.join(workdir, "node"), "--log-level", "warning"]
+    args = [
+        sys.executable,
+        "-m",
+        "node",
+        "run",
+        "--roles",
+        "database",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--data-dir",
+        os.path.join(workdir, "node"),
+        "--log-level",
+        "warning",
+    ]
     pattern = re.compile(r"listening on (http://\S+)")
 
     def url_of(line: str) -> str | None:
@@ -133,7 +155,9 @@ async def run_clients(clients: int, jobs: list[Callable[[aiohttp.ClientSession],
         return time.perf_counter() - start
 
 
-def per_request_jobs(url: str, offset: int, n: int, write: bool) -> list[Callable[[aiohttp.ClientSession], Awaitable[None]]]:
+def per_request_jobs(
+    url: str, offset: int, n: int, write: bool
+) -> list[Callable[[aiohttp.ClientSession], Awaitable[None]]]:
     def job(i: int) -> Callable[[aiohttp.ClientSession], Awaitable[None]]:
         async def put(session: aiohttp.ClientSession) -> None:
             body = {"type": "transformation", "checksum": cs("tf", i), "value": cs("result", i)}
@@ -150,11 +174,14 @@ def per_request_jobs(url: str, offset: int, n: int, write: bool) -> list[Callabl
     return [job(offset + i) for i in range(n)]
 
 
-def batch_jobs(base: str, offset: int, n: int, batch: int, write: bool) -> list[Callable[[aiohttp.ClientSession], Awaitable[None]]]:
+def batch_jobs(
+    base: str, offset: int, n: int, batch: int, write: bool
+) -> list[Callable[[aiohttp.ClientSession], Awaitable[None]]]:
     def job(start: int, stop: int) -> Callable[[aiohttp.ClientSession], Awaitable[None]]:
         async def put(session: aiohttp.ClientSession) -> None:
             requests = [
-                {"type": "transformation", "checksum": cs("tf", i), "value": cs("result", i)} for i in range(start, stop)
+                {"type": "transformation", "checksum": cs("tf", i), "value": cs("result", i)}
+                for i in range(start, stop)
             ]
             async with session.post(base + "/api/v1/database/write-many", json={"requests": requests}) as r:
                 answer = await r.json()
@@ -171,6 +198,17 @@ def batch_jobs(base: str, offset: int, n: int, batch: int, write: bool) -> list[
     return [job(offset + s, offset + min(s + batch, n)) for s in range(0, n, batch)]
 
 
+def healthchecks(url: str, n: int, clients: int) -> float:
+    """GET /healthcheck per second: the ceiling of a server's HTTP stack."""
+
+    async def ping(session: aiohttp.ClientSession) -> None:
+        async with session.get(url + "/healthcheck") as r:
+            assert r.status == 200
+            await r.read()
+
+    return n / asyncio.run(run_clients(clients, [ping] * n))
+
+
 def measure(kind: str, url: str, entries: int, clients: int, batch: int, offset: int) -> tuple[float, float]:
     if kind == "batch":
         writes = batch_jobs(url, offset, entries, batch, True)
@@ -185,7 +223,9 @@ def measure(kind: str, url: str, entries: int, clients: int, batch: int, offset:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--entries", type=int, default=20000, help="transformations written, then read, per run")
+    parser.add_argument(
+        "--entries", type=int, default=20000, help="transformations written, then read, per run"
+    )
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
     parser.add_argument("--batch", type=int, default=200, help="entries per request on the batched API")
     parser.add_argument("--rounds", type=int, default=3, help="runs per server (the median is reported)")
@@ -193,17 +233,26 @@ def main() -> None:
 
     workdir = tempfile.mkdtemp(prefix="bench-database-")
     rows: dict[str, list[tuple[float, float]]] = {"upstream": [], "node": [], "batch": []}
+    ceiling: dict[str, list[float]] = {"upstream": [], "node": []}
     try:
         upstream, node = start_upstream(workdir), start_node(workdir)
         try:
             for round_ in range(args.rounds):
                 offset = round_ * 3 * args.entries  # fresh keys every run
-                rows["upstream"].append(measure("single", upstream.url, args.entries, args.clients, 0, offset))
+                ceiling["upstream"].append(healthchecks(upstream.url, args.entries, args.clients))
+                ceiling["node"].append(healthchecks(node.url, args.entries, args.clients))
+                rows["upstream"].append(
+                    measure("single", upstream.url, args.entries, args.clients, 0, offset)
+                )
                 rows["node"].append(
-                    measure("single", node.url + "/database", args.entries, args.clients, 0, offset + args.entries)
+                    measure(
+                        "single", node.url + "/database", args.entries, args.clients, 0, offset + args.entries
+                    )
                 )
                 rows["batch"].append(
-                    measure("batch", node.url, args.entries, args.clients, args.batch, offset + 2 * args.entries)
+                    measure(
+                        "batch", node.url, args.entries, args.clients, args.batch, offset + 2 * args.entries
+                    )
                 )
         finally:
             upstream.stop()
@@ -214,18 +263,31 @@ def main() -> None:
     def med(key: str, i: int) -> float:
         return statistics.median(r[i] for r in rows[key])
 
-    base_w, base_r = med("upstream", 0), med("upstream", 1)
+    def ratio(key: str, i: int) -> float:
+        """Median of the per-round ratios: each round runs both servers back to back, so
+        load from elsewhere on the machine hits both alike."""
+        return statistics.median(
+            mine[i] / theirs[i] for mine, theirs in zip(rows[key], rows["upstream"], strict=True)
+        )
+
     labels = {
         "upstream": "seamless-database 2.1.0, GET/PUT per entry",
         "node": "seamless-node `/database`, GET/PUT per entry",
         "batch": f"seamless-node `/api/v1/database/*-many`, {args.batch} per request",
     }
-    print(f"{args.clients} concurrent clients, {args.entries} transformations, median of {args.rounds} runs\n")
+    print(f"{args.clients} concurrent clients, {args.entries} transformations per run, {args.rounds} runs\n")
     print("| server / API | writes/s | reads/s | writes vs upstream | reads vs upstream |")
     print("|---|---:|---:|---:|---:|")
     for key, label in labels.items():
-        w, r = med(key, 0), med(key, 1)
-        print(f"| {label} | {w:,.0f} | {r:,.0f} | {w / base_w:.2f}x | {r / base_r:.2f}x |")
+        print(
+            f"| {label} | {med(key, 0):,.0f} | {med(key, 1):,.0f} "
+            f"| {ratio(key, 0):.2f}x | {ratio(key, 1):.2f}x |"
+        )
+    up_ceiling, node_ceiling = statistics.median(ceiling["upstream"]), statistics.median(ceiling["node"])
+    print(
+        f"\nHTTP stack ceiling, GET /healthcheck per second: seamless-database (aiohttp) {up_ceiling:,.0f}, "
+        f"seamless-node (hypercorn + Quart-trio) {node_ceiling:,.0f}"
+    )
     print("\n" + json.dumps({k: [[round(w), round(r)] for w, r in v] for k, v in rows.items()}))
 
 

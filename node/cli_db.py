@@ -20,7 +20,14 @@ from .config import build_config
 from .errors import ConfigError, NodeError
 
 DEFAULT_URL = "http://127.0.0.1:5533"
-READ_TYPES = ("transformation", "compilation", "metadata", "buffer_info", "irreproducible", "rev_transformations")
+READ_TYPES = (
+    "transformation",
+    "compilation",
+    "metadata",
+    "buffer_info",
+    "irreproducible",
+    "rev_transformations",
+)
 
 url_option = click.option(
     "--url",
@@ -30,10 +37,15 @@ url_option = click.option(
     help="Base URL of the node (env SEAMLESS_NODE_URL).",
 )
 data_dir_option = click.option(
-    "--data-dir", type=click.Path(file_okay=False), help="The node's data directory (its seamless.db is used)."
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="The node's data directory (its seamless.db is used).",
 )
 config_option = click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False), help="Take the database path from this YAML configuration."
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="Take the database path from this YAML configuration.",
 )
 
 
@@ -99,7 +111,13 @@ def get(checksum: str, type_: str, url: str) -> None:
 @db.command("set")
 @click.argument("checksum")
 @click.argument("result")
-@click.option("--type", "type_", type=click.Choice(["transformation", "compilation"]), default="transformation", show_default=True)
+@click.option(
+    "--type",
+    "type_",
+    type=click.Choice(["transformation", "compilation"]),
+    default="transformation",
+    show_default=True,
+)
 @url_option
 def set_(checksum: str, result: str, type_: str, url: str) -> None:
     """Record RESULT as the result of CHECKSUM (a transformation, or with --type
@@ -131,10 +149,17 @@ def _report(added: dict[str, int], source: str, target: str) -> None:
 
 @db.command("import")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--into", "target", type=click.Path(dir_okay=False), help="The file to import into (default: the node's seamless.db).")
+@click.option(
+    "--into",
+    "target",
+    type=click.Path(dir_okay=False),
+    help="The file to import into (default: the node's seamless.db).",
+)
 @data_dir_option
 @config_option
-def import_(sources: tuple[str, ...], target: str | None, data_dir: str | None, config_file: str | None) -> None:
+def import_(
+    sources: tuple[str, ...], target: str | None, data_dir: str | None, config_file: str | None
+) -> None:
     """Merge the entries of SOURCES (seamless.db files of a node or of seamless-database)
     into the node's database. What the node already has wins; a running node may keep
     serving (its writes wait until the import commits)."""
@@ -155,11 +180,18 @@ def import_(sources: tuple[str, ...], target: str | None, data_dir: str | None, 
 
 @db.command()
 @click.argument("destination", type=click.Path(dir_okay=False))
-@click.option("--from", "source", type=click.Path(exists=True, dir_okay=False), help="The file to export (default: the node's seamless.db).")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The file to export (default: the node's seamless.db).",
+)
 @click.option("--force", is_flag=True, help="Replace DESTINATION if it exists.")
 @data_dir_option
 @config_option
-def export(destination: str, source: str | None, force: bool, data_dir: str | None, config_file: str | None) -> None:
+def export(
+    destination: str, source: str | None, force: bool, data_dir: str | None, config_file: str | None
+) -> None:
     """Write the node's database entries into a new standalone file DESTINATION, which
     seamless-database 2.1.0 and other nodes can open (e.g. to share a cache)."""
     from .store.mapping_transfer import merge_file

@@ -73,10 +73,14 @@ class DatabaseRole(Role):
         metrics = context.metrics
         metrics.describe("seamless_node_database_requests_total", "database requests, by operation and type")
         metrics.gauge(
-            "seamless_node_database_transactions", lambda: self.service.transactions, "write transactions committed"
+            "seamless_node_database_transactions",
+            lambda: self.service.transactions,
+            "write transactions committed",
         )
         metrics.gauge(
-            "seamless_node_database_updates_written", lambda: self.service.updates_written, "database writes committed"
+            "seamless_node_database_updates_written",
+            lambda: self.service.updates_written,
+            "database writes committed",
         )
 
     @property
@@ -137,4 +141,3 @@ class DatabaseRole(Role):
         from .database_api import database_api_blueprint
 
         return [bp, database_api_blueprint(self)]
-

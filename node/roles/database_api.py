@@ -25,7 +25,6 @@ from quart import Blueprint, Response, request
 
 from ..errors import NodeError
 from ..store.mapping_requests import PROTOCOL, MalformedRequest, parse_query, parse_update
-
 from .database import read_request
 
 if TYPE_CHECKING:

@@ -52,7 +52,14 @@ WRITE_TYPES = (
     "compilation",
 )
 BUCKET_KINDS = frozenset(("node", "environment", "node_env", "queue", "queue_node"))
-_BOOL_INFO = ("is_utf8", "is_json", "is_json_numeric_array", "is_json_numeric_scalar", "is_numpy", "is_seamless_mixed")
+_BOOL_INFO = (
+    "is_utf8",
+    "is_json",
+    "is_json_numeric_array",
+    "is_json_numeric_scalar",
+    "is_numpy",
+    "is_seamless_mixed",
+)
 _TEXT_INFO = ("json_type", "dtype")
 _CHECKSUM_INFO = ("str2text", "text2str", "binary2bytes", "bytes2binary", "binary2json", "json2binary")
 
@@ -147,11 +154,15 @@ def _field(rq: dict[str, Any], key: str, what: str) -> Any:
 def _checksum(rq: dict[str, Any], key: str, what: str) -> str:
     value = _field(rq, key, what)
     if not is_checksum(value):
-        raise _malformed(what, f"{key!r} must be a checksum (64 lowercase hex characters), got {_shown(value)}")
+        raise _malformed(
+            what, f"{key!r} must be a checksum (64 lowercase hex characters), got {_shown(value)}"
+        )
     return value  # type: ignore[no-any-return]
 
 
-def _text(rq: dict[str, Any], key: str, what: str, *, max_length: int | None = None, nonempty: bool = False) -> str:
+def _text(
+    rq: dict[str, Any], key: str, what: str, *, max_length: int | None = None, nonempty: bool = False
+) -> str:
     value = _field(rq, key, what)
     if not isinstance(value, str):
         raise _malformed(what, f"{key!r} must be a string, got {_shown(value)}")

@@ -18,82 +18,61 @@ import sqlite3
 
 from ..errors import NodeError
 
-# (table, CREATE TABLE, [(index name, CREATE INDEX)]), in the order peewee creates them
+CS = "CHAR(64) NOT NULL"  # a checksum column, as peewee's FixedCharField(64) declares it
+
+#: table -> column definitions, in the order (and the spelling) peewee creates them
+_DEFINITIONS: dict[str, str] = {
+    "bucket_probe": f'"bucket_kind" VARCHAR(20) NOT NULL, "label" TEXT NOT NULL, "bucket_checksum" {CS}, '
+    '"captured_at" TEXT NOT NULL, "freshness_tokens" TEXT NOT NULL, PRIMARY KEY ("bucket_kind", "label")',
+    "buffer_info": f'"checksum" {CS} PRIMARY KEY, "buffer_info" TEXT NOT NULL',
+    "expression": f'"input_checksum" {CS}, "path" VARCHAR(100) NOT NULL, "celltype" VARCHAR(20) NOT NULL, '
+    '"target_celltype" VARCHAR(20) NOT NULL, "validator" CHAR(64), "validator_language" VARCHAR(20), '
+    f'"result" {CS}, PRIMARY KEY ("input_checksum", "path", "celltype", "target_celltype")',
+    "irreproducible_transformation": f'"id" INTEGER NOT NULL PRIMARY KEY, "result" {CS}, "checksum" {CS}, '
+    '"metadata" TEXT NOT NULL',
+    "meta_data": f'"checksum" {CS} PRIMARY KEY, "result" {CS}, "metadata" TEXT NOT NULL',
+    "rev_transformation": f'"id" INTEGER NOT NULL PRIMARY KEY, "result" {CS}, "checksum" {CS}',
+    "syntactic_to_semantic": f'"syntactic" {CS}, "celltype" TEXT NOT NULL, "subcelltype" TEXT NOT NULL, '
+    f'"semantic" {CS}, PRIMARY KEY ("syntactic", "celltype", "subcelltype", "semantic")',
+    "transformation": f'"checksum" {CS} PRIMARY KEY, "result" {CS}',
+    # seamless-node's own: module definition checksum -> compiled binary checksum
+    "compilation": f'"checksum" {CS} PRIMARY KEY, "result" {CS}',
+}
+#: table -> indexed columns; each index is named <table>_<column>, as peewee names them
+_INDEXES: dict[str, list[str]] = {
+    "bucket_probe": ["bucket_checksum"],
+    "buffer_info": [],
+    "expression": ["result"],
+    "irreproducible_transformation": ["result", "checksum"],
+    "meta_data": ["result"],
+    "rev_transformation": ["result"],
+    "syntactic_to_semantic": ["syntactic", "semantic"],
+    "transformation": ["result"],
+    "compilation": ["result"],
+}
+
+#: (table, CREATE TABLE, [(index name, CREATE INDEX)]), in creation order
 TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
     (
-        "bucket_probe",
-        'CREATE TABLE IF NOT EXISTS "bucket_probe" ("bucket_kind" VARCHAR(20) NOT NULL, "label" TEXT NOT NULL, '
-        '"bucket_checksum" CHAR(64) NOT NULL, "captured_at" TEXT NOT NULL, "freshness_tokens" TEXT NOT NULL, '
-        'PRIMARY KEY ("bucket_kind", "label"))',
-        [("bucket_probe_bucket_checksum", 'CREATE INDEX "bucket_probe_bucket_checksum" ON "bucket_probe" ("bucket_checksum")')],
-    ),
-    (
-        "buffer_info",
-        'CREATE TABLE IF NOT EXISTS "buffer_info" ("checksum" CHAR(64) NOT NULL PRIMARY KEY, "buffer_info" TEXT NOT NULL)',
-        [],
-    ),
-    (
-        "expression",
-        'CREATE TABLE IF NOT EXISTS "expression" ("input_checksum" CHAR(64) NOT NULL, "path" VARCHAR(100) NOT NULL, '
-        '"celltype" VARCHAR(20) NOT NULL, "target_celltype" VARCHAR(20) NOT NULL, "validator" CHAR(64), '
-        '"validator_language" VARCHAR(20), "result" CHAR(64) NOT NULL, '
-        'PRIMARY KEY ("input_checksum", "path", "celltype", "target_celltype"))',
-        [("expression_result", 'CREATE INDEX "expression_result" ON "expression" ("result")')],
-    ),
-    (
-        "irreproducible_transformation",
-        'CREATE TABLE IF NOT EXISTS "irreproducible_transformation" ("id" INTEGER NOT NULL PRIMARY KEY, '
-        '"result" CHAR(64) NOT NULL, "checksum" CHAR(64) NOT NULL, "metadata" TEXT NOT NULL)',
-        [
-            (
-                "irreproducible_transformation_result",
-                'CREATE INDEX "irreproducible_transformation_result" ON "irreproducible_transformation" ("result")',
-            ),
-            (
-                "irreproducible_transformation_checksum",
-                'CREATE INDEX "irreproducible_transformation_checksum" ON "irreproducible_transformation" ("checksum")',
-            ),
-        ],
-    ),
-    (
-        "meta_data",
-        'CREATE TABLE IF NOT EXISTS "meta_data" ("checksum" CHAR(64) NOT NULL PRIMARY KEY, '
-        '"result" CHAR(64) NOT NULL, "metadata" TEXT NOT NULL)',
-        [("meta_data_result", 'CREATE INDEX "meta_data_result" ON "meta_data" ("result")')],
-    ),
-    (
-        "rev_transformation",
-        'CREATE TABLE IF NOT EXISTS "rev_transformation" ("id" INTEGER NOT NULL PRIMARY KEY, '
-        '"result" CHAR(64) NOT NULL, "checksum" CHAR(64) NOT NULL)',
-        [("rev_transformation_result", 'CREATE INDEX "rev_transformation_result" ON "rev_transformation" ("result")')],
-    ),
-    (
-        "syntactic_to_semantic",
-        'CREATE TABLE IF NOT EXISTS "syntactic_to_semantic" ("syntactic" CHAR(64) NOT NULL, "celltype" TEXT NOT NULL, '
-        '"subcelltype" TEXT NOT NULL, "semantic" CHAR(64) NOT NULL, '
-        'PRIMARY KEY ("syntactic", "celltype", "subcelltype", "semantic"))',
-        [
-            ("syntactic_to_semantic_syntactic", 'CREATE INDEX "syntactic_to_semantic_syntactic" ON "syntactic_to_semantic" ("syntactic")'),
-            ("syntactic_to_semantic_semantic", 'CREATE INDEX "syntactic_to_semantic_semantic" ON "syntactic_to_semantic" ("semantic")'),
-        ],
-    ),
-    (
-        "transformation",
-        'CREATE TABLE IF NOT EXISTS "transformation" ("checksum" CHAR(64) NOT NULL PRIMARY KEY, "result" CHAR(64) NOT NULL)',
-        [("transformation_result", 'CREATE INDEX "transformation_result" ON "transformation" ("result")')],
-    ),
-    # seamless-node's own: module definition checksum -> compiled binary checksum
-    (
-        "compilation",
-        'CREATE TABLE IF NOT EXISTS "compilation" ("checksum" CHAR(64) NOT NULL PRIMARY KEY, "result" CHAR(64) NOT NULL)',
-        [("compilation_result", 'CREATE INDEX "compilation_result" ON "compilation" ("result")')],
-    ),
+        table,
+        f'CREATE TABLE IF NOT EXISTS "{table}" ({definition})',
+        [(f"{table}_{c}", f'CREATE INDEX "{table}_{c}" ON "{table}" ("{c}")') for c in _INDEXES[table]],
+    )
+    for table, definition in _DEFINITIONS.items()
 ]
 
 COLUMNS = {
     "bucket_probe": ["bucket_kind", "label", "bucket_checksum", "captured_at", "freshness_tokens"],
     "buffer_info": ["checksum", "buffer_info"],
-    "expression": ["input_checksum", "path", "celltype", "target_celltype", "validator", "validator_language", "result"],
+    "expression": [
+        "input_checksum",
+        "path",
+        "celltype",
+        "target_celltype",
+        "validator",
+        "validator_language",
+        "result",
+    ],
     "irreproducible_transformation": ["id", "result", "checksum", "metadata"],
     "meta_data": ["checksum", "result", "metadata"],
     "rev_transformation": ["id", "result", "checksum"],

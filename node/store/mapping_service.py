@@ -1,7 +1,9 @@
 """MappingService: the async face of the MappingStore, with group commit.
 
-Reads run in a worker thread, one hop per request (a batch of queries is one request),
-under a CapacityLimiter as wide as the store's pool of reader connections.
+Reads run in a worker thread, at most one hop per request (a batch of queries is one
+request), under a CapacityLimiter as wide as the store's pool of reader connections. Single
+reads are coalesced: one reader task per connection takes every single read waiting (up
+to READ_BATCH) into one hop, so that under load a hop serves many requests.
 
 Writes go through one writer task. A request hands its updates to the task and waits; the
 task takes the first waiting request plus every other one already queued (up to
@@ -37,6 +39,18 @@ class _Pending:
     error: BaseException | None = None
 
 
+@dataclass
+class _PendingRead:
+    query: Query
+    done: trio.Event = field(default_factory=trio.Event)
+    value: Any = None
+    error: BaseException | None = None
+
+
+#: most single reads answered in one thread hop
+READ_BATCH = 256
+
+
 class MappingService:
     def __init__(self, store: MappingStore, *, max_batch: int = 2000, queue_size: int = 4096) -> None:
         self.store = store
@@ -44,6 +58,7 @@ class MappingService:
         self._read_limiter = trio.CapacityLimiter(store.reader_count)
         self._write_limiter = trio.CapacityLimiter(1)
         self._send, self._receive = trio.open_memory_channel[_Pending](queue_size)
+        self._read_send, self._read_receive = trio.open_memory_channel[_PendingRead](queue_size)
         self._running = False
         #: committed transactions and updates, for metrics and tests
         self.transactions = 0
@@ -63,7 +78,15 @@ class MappingService:
     # --------------------------------------------------------------------------- reading
 
     async def read(self, query: Query) -> Any:
-        return (await self.read_many([query]))[0]
+        """One read; concurrent single reads share thread hops (see _read_loop)."""
+        if not self._running:
+            return (await self.read_many([query]))[0]
+        pending = _PendingRead(query)
+        await self._read_send.send(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.value
 
     async def read_many(self, queries: list[Query]) -> list[Any]:
         return await trio.to_thread.run_sync(self.store.read_many, queries, limiter=self._read_limiter)
@@ -92,30 +115,63 @@ class MappingService:
         return pending.outcomes
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The writer task: run it in the node's nursery until cancelled."""
+        """The writer and reader tasks: run this in the node's nursery until cancelled."""
         self._running = True
-        task_status.started()
         try:
-            while True:
-                first = await self._receive.receive()
-                batch = [first]
-                count = len(first.updates)
-                while count < self.max_batch:
-                    try:
-                        more = self._receive.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                    batch.append(more)
-                    count += len(more.updates)
-                await self._commit(batch)
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.store.reader_count):
+                    nursery.start_soon(self._read_loop)
+                task_status.started()
+                await self._write_loop()
         finally:
             self._running = False
             self._fail_queued()
 
+    async def _read_loop(self) -> None:
+        """Take the waiting single reads (up to READ_BATCH) and answer them in one hop."""
+        while True:
+            batch = [await self._read_receive.receive()]
+            while len(batch) < READ_BATCH:
+                try:
+                    batch.append(self._read_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                values = await self.read_many([p.query for p in batch])
+            except Exception as exc:
+                for pending in batch:
+                    pending.error = exc
+                    pending.done.set()
+                continue
+            except BaseException:
+                for pending in batch:
+                    pending.error = DatabaseUnavailable("the database is shutting down")
+                    pending.done.set()
+                raise
+            for pending, value in zip(batch, values, strict=True):
+                pending.value = value
+                pending.done.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._receive.receive()
+            batch = [first]
+            count = len(first.updates)
+            while count < self.max_batch:
+                try:
+                    more = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch.append(more)
+                count += len(more.updates)
+            await self._commit(batch)
+
     async def _commit(self, batch: list[_Pending]) -> None:
         updates = [u for pending in batch for u in pending.updates]
         try:
-            outcomes = await trio.to_thread.run_sync(self.store.write_batch, updates, limiter=self._write_limiter)
+            outcomes = await trio.to_thread.run_sync(
+                self.store.write_batch, updates, limiter=self._write_limiter
+            )
         except Exception as exc:  # the whole transaction failed: every request hears why
             log.error("database write of %d updates failed: %s", len(updates), exc)
             for pending in batch:
@@ -136,10 +192,11 @@ class MappingService:
             pending.done.set()
 
     def _fail_queued(self) -> None:
-        while True:
-            try:
-                pending = self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return
-            pending.error = DatabaseUnavailable("the database is shutting down")
-            pending.done.set()
+        for receive in (self._receive, self._read_receive):
+            while True:
+                try:
+                    pending = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                pending.error = DatabaseUnavailable("the database is shutting down")
+                pending.done.set()

@@ -21,7 +21,8 @@ from .mapping_schema import check_schema, create_schema, table_columns
 from .mappings import _uri, open_readonly
 
 _IRREPRODUCIBLE = (
-    "EXISTS (SELECT 1 FROM main.irreproducible_transformation i WHERE i.checksum = {t}.checksum AND i.result = {t}.result)"
+    "EXISTS (SELECT 1 FROM main.irreproducible_transformation i "
+    "WHERE i.checksum = {t}.checksum AND i.result = {t}.result)"
 )
 
 # (table, SQL) in order; each copies from src into main and reports rows changed
@@ -33,13 +34,22 @@ _STEPS = [
     ),
     (
         "meta_data",
-        "INSERT OR IGNORE INTO main.meta_data (checksum, result, metadata) SELECT m.checksum, m.result, m.metadata "
+        "INSERT OR IGNORE INTO main.meta_data (checksum, result, metadata) "
+        "SELECT m.checksum, m.result, m.metadata "
         "FROM src.meta_data m WHERE NOT EXISTS (SELECT 1 FROM main.transformation t "
         "WHERE t.checksum = m.checksum AND t.result != m.result) AND NOT EXISTS "
         "(SELECT 1 FROM main.irreproducible_transformation i WHERE i.checksum = m.checksum)",
     ),
-    ("compilation", "INSERT OR IGNORE INTO main.compilation (checksum, result) SELECT checksum, result FROM src.compilation"),
-    ("buffer_info", "INSERT OR IGNORE INTO main.buffer_info (checksum, buffer_info) SELECT checksum, buffer_info FROM src.buffer_info"),
+    (
+        "compilation",
+        "INSERT OR IGNORE INTO main.compilation (checksum, result) "
+        "SELECT checksum, result FROM src.compilation",
+    ),
+    (
+        "buffer_info",
+        "INSERT OR IGNORE INTO main.buffer_info (checksum, buffer_info) "
+        "SELECT checksum, buffer_info FROM src.buffer_info",
+    ),
     (
         "syntactic_to_semantic",
         "INSERT OR IGNORE INTO main.syntactic_to_semantic (syntactic, celltype, subcelltype, semantic) "
@@ -61,7 +71,8 @@ _STEPS = [
     (
         "bucket_probe",
         "INSERT INTO main.bucket_probe (bucket_kind, label, bucket_checksum, captured_at, freshness_tokens) "
-        "SELECT bucket_kind, label, bucket_checksum, captured_at, freshness_tokens FROM src.bucket_probe WHERE true "
+        "SELECT bucket_kind, label, bucket_checksum, captured_at, freshness_tokens "
+        "FROM src.bucket_probe WHERE true "
         "ON CONFLICT (bucket_kind, label) DO UPDATE SET bucket_checksum = excluded.bucket_checksum, "
         "captured_at = excluded.captured_at, freshness_tokens = excluded.freshness_tokens "
         "WHERE excluded.captured_at > bucket_probe.captured_at",
@@ -71,13 +82,15 @@ _STEPS = [
 # invariants restored in the target after the copy
 _FIXUPS = [
     # an execution record implies its transformation result
-    "INSERT OR IGNORE INTO main.transformation (checksum, result) SELECT checksum, result FROM main.meta_data",
+    "INSERT OR IGNORE INTO main.transformation (checksum, result) "
+    "SELECT checksum, result FROM main.meta_data",
     "DELETE FROM main.transformation WHERE " + _IRREPRODUCIBLE.format(t="transformation"),
     "DELETE FROM main.meta_data WHERE " + _IRREPRODUCIBLE.format(t="meta_data"),
     "DELETE FROM main.rev_transformation WHERE NOT EXISTS (SELECT 1 FROM main.transformation t "
     "WHERE t.checksum = rev_transformation.checksum AND t.result = rev_transformation.result)",
-    "INSERT INTO main.rev_transformation (result, checksum) SELECT t.result, t.checksum FROM main.transformation t "
-    "WHERE NOT EXISTS (SELECT 1 FROM main.rev_transformation r WHERE r.result = t.result AND r.checksum = t.checksum)",
+    "INSERT INTO main.rev_transformation (result, checksum) "
+    "SELECT t.result, t.checksum FROM main.transformation t WHERE NOT EXISTS "
+    "(SELECT 1 FROM main.rev_transformation r WHERE r.result = t.result AND r.checksum = t.checksum)",
 ]
 
 

@@ -88,7 +88,8 @@ def write_buffer_info(conn: sqlite3.Connection, u: Update) -> Result:
 
 def write_semantic_to_syntactic(conn: sqlite3.Connection, u: Update) -> Result:
     conn.executemany(
-        'INSERT OR IGNORE INTO "syntactic_to_semantic" (syntactic, celltype, subcelltype, semantic) VALUES (?, ?, ?, ?)',
+        'INSERT OR IGNORE INTO "syntactic_to_semantic" (syntactic, celltype, subcelltype, semantic) '
+        "VALUES (?, ?, ?, ?)",
         [(syntactic, u.celltype, u.subcelltype, u.checksum) for syntactic in u.value],
     )
     return OK
@@ -96,8 +97,9 @@ def write_semantic_to_syntactic(conn: sqlite3.Connection, u: Update) -> Result:
 
 def write_expression(conn: sqlite3.Connection, u: Update) -> Result:
     conn.execute(
-        'INSERT INTO "expression" (input_checksum, path, celltype, target_celltype, result) VALUES (?, ?, ?, ?, ?) '
-        "ON CONFLICT (input_checksum, path, celltype, target_celltype) DO UPDATE SET result = excluded.result",
+        'INSERT INTO "expression" (input_checksum, path, celltype, target_celltype, result) '
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (input_checksum, path, celltype, target_celltype) "
+        "DO UPDATE SET result = excluded.result",
         (u.checksum, u.path, u.celltype, u.target_celltype, u.value),
     )
     return OK

@@ -25,15 +25,15 @@ All methods block: call them from a worker thread (see mapping_service.MappingSe
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 from urllib.parse import quote
 
+from .mapping_reads import LIST_TYPES, READS, Source, is_irreproducible
 from .mapping_requests import (
     PROTOCOL,
     DatabaseFailure,
@@ -46,9 +46,6 @@ from .mapping_schema import COLUMNS, SchemaError, check_schema, create_schema
 from .mapping_writes import apply_update
 
 log = logging.getLogger("seamless_node.database")
-
-#: read types whose answer is a list: the union over all files
-_LIST_TYPES = ("rev_transformations", "syntactic_to_semantic", "semantic_to_syntactic", "rev_expression", "irreproducible")
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,9 @@ def open_readonly(path: str) -> sqlite3.Connection:
         raise SchemaError(f"database file {path} does not exist")
     for params in ({"mode": "ro"}, {"mode": "ro", "immutable": "1"}):
         try:
-            conn = sqlite3.connect(_uri(path, **params), uri=True, check_same_thread=False, isolation_level=None)
+            conn = sqlite3.connect(
+                _uri(path, **params), uri=True, check_same_thread=False, isolation_level=None
+            )
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as exc:
             error: sqlite3.DatabaseError = exc
@@ -100,17 +99,8 @@ def classify(exc: sqlite3.Error, doing: str) -> Exception:
 
 
 @dataclass
-class _Source:
-    """One database file as seen by one reader: a connection and the tables it has."""
-
-    conn: sqlite3.Connection
-    tables: set[str]
-    own: bool
-
-
-@dataclass
 class _ReaderSet:
-    sources: list[_Source] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
 
 
 class MappingStore:
@@ -134,6 +124,7 @@ class MappingStore:
         self._all_readers: list[_ReaderSet] = []
         self._tables: set[str] = set()
         self._extra_tables: list[set[str]] = []
+        self._absent = False  # read-only and no file: an empty database
 
     # ---------------------------------------------------------------- opening and closing
 
@@ -144,7 +135,10 @@ class MappingStore:
                 log.warning("%s: opening read-only: %s", self.path, reason)
                 self.readonly, self.readonly_reason = True, reason
         try:
-            if self.readonly:
+            if self.readonly and not os.path.exists(self.path):
+                log.warning("%s does not exist: serving an empty read-only database", self.path)
+                self._absent = True
+            elif self.readonly:
                 conn = open_readonly(self.path)
                 self._tables = check_schema(conn, self.path, writable=False)
                 conn.close()
@@ -158,6 +152,9 @@ class MappingStore:
                 reader = self._open_reader_set()
                 self._all_readers.append(reader)
                 self._readers.put(reader)
+        except sqlite3.Error as exc:  # not a database, unreadable, locked...
+            self.close()
+            raise SchemaError(f"cannot open database file {self.path}: {exc}") from exc
         except BaseException:
             self.close()
             raise
@@ -175,34 +172,38 @@ class MappingStore:
     def _open_writer(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._writer = conn
-        conn.execute("PRAGMA busy_timeout = 10000")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            log.warning("%s: could not switch to WAL mode (journal_mode is %s)", self.path, mode)
-        conn.execute(f"PRAGMA synchronous = {'FULL' if self.synchronous == 'full' else 'NORMAL'}")
-        conn.execute("PRAGMA cache_size = -64000")
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                log.warning("%s: could not switch to WAL mode (journal_mode is %s)", self.path, mode)
+            conn.execute(f"PRAGMA synchronous = {'FULL' if self.synchronous == 'full' else 'NORMAL'}")
+            conn.execute("PRAGMA cache_size = -64000")
+            conn.execute("BEGIN IMMEDIATE")
             check_schema(conn, self.path, writable=True)
             create_schema(conn)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
             raise
+        self._writer = conn
         self._tables = set(COLUMNS)
 
     def _open_reader_set(self) -> _ReaderSet:
         reader = _ReaderSet()
-        if self.readonly:
+        if self._absent:
+            own = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        elif self.readonly:
             own = open_readonly(self.path)
         else:
             own = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             own.execute("PRAGMA busy_timeout = 10000")
             own.execute("PRAGMA query_only = 1")
-        reader.sources.append(_Source(own, self._tables, own=True))
-        for extra, tables in zip(self.extra_files, self._extra_tables):
-            reader.sources.append(_Source(open_readonly(extra), tables, own=False))
+        reader.sources.append(Source(own, self._tables, own=True))
+        for extra, tables in zip(self.extra_files, self._extra_tables, strict=True):
+            reader.sources.append(Source(open_readonly(extra), tables, own=False))
         return reader
 
     def close(self) -> None:
@@ -238,8 +239,8 @@ class MappingStore:
     def _read(self, reader: _ReaderSet, q: Query) -> Any:
         if q.type == "protocol":
             return list(PROTOCOL)
-        reads = _READS[q.type]
-        if q.type in _LIST_TYPES:
+        reads = READS[q.type]
+        if q.type in LIST_TYPES:
             merged: list[Any] = []
             for source in reader.sources:
                 for item in reads(source, q):
@@ -250,7 +251,11 @@ class MappingStore:
             value = reads(source, q)
             if value is None:
                 continue
-            if q.type == "transformation" and not source.own and _irreproducible(reader.sources[0], q.checksum, value):
+            if (
+                q.type == "transformation"
+                and not source.own
+                and is_irreproducible(reader.sources[0], q.checksum, value)
+            ):
                 continue
             return value
         return None
@@ -294,140 +299,8 @@ class MappingStore:
         reader = self._readers.get()
         try:
             own = reader.sources[0]
-            return {t: own.conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in sorted(own.tables)}
+            return {
+                t: own.conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in sorted(own.tables)
+            }
         finally:
             self._readers.put(reader)
-
-
-# ---------------------------------------------------------------------------------- reads
-
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return text
-
-
-def _one(source: _Source, table: str, sql: str, *args: Any) -> Any:
-    if table not in source.tables:
-        return None
-    row = source.conn.execute(sql, args).fetchone()
-    return None if row is None else row[0]
-
-
-def _many(source: _Source, table: str, sql: str, *args: Any) -> list[Any]:
-    if table not in source.tables:
-        return []
-    return source.conn.execute(sql, args).fetchall()
-
-
-def _irreproducible(own: _Source, checksum: str | None, result: str) -> bool:
-    sql = 'SELECT 1 FROM "irreproducible_transformation" WHERE checksum = ? AND result = ? LIMIT 1'
-    return _one(own, "irreproducible_transformation", sql, checksum, result) is not None
-
-
-def _buffer_info(s: _Source, q: Query) -> Any:
-    text = _one(s, "buffer_info", 'SELECT buffer_info FROM "buffer_info" WHERE checksum = ?', q.checksum)
-    return None if text is None else _loads(text)
-
-
-def _metadata(s: _Source, q: Query) -> Any:
-    text = _one(s, "meta_data", 'SELECT metadata FROM "meta_data" WHERE checksum = ?', q.checksum)
-    return None if text is None else _loads(text)
-
-
-def _bucket_probe(s: _Source, q: Query) -> Any:
-    rows = _many(
-        s,
-        "bucket_probe",
-        'SELECT bucket_kind, label, bucket_checksum, captured_at, freshness_tokens FROM "bucket_probe" '
-        "WHERE bucket_kind = ? AND label = ?",
-        q.bucket_kind,
-        q.label,
-    )
-    if not rows:
-        return None
-    kind, label, checksum, captured_at, tokens = rows[0]
-    return {
-        "bucket_kind": kind,
-        "label": label,
-        "bucket_checksum": checksum,
-        "captured_at": captured_at,
-        "freshness_tokens": _loads(tokens),
-    }
-
-
-def _irreproducible_rows(s: _Source, q: Query) -> list[Any]:
-    rows = _many(
-        s,
-        "irreproducible_transformation",
-        'SELECT checksum, result, metadata FROM "irreproducible_transformation" WHERE checksum = ? ORDER BY id',
-        q.checksum,
-    )
-    return [
-        {"checksum": c, "result": r, "metadata": _loads(m)}
-        for c, r, m in rows
-        if q.result is None or r == q.result
-    ]
-
-
-def _rev_expression(s: _Source, q: Query) -> list[Any]:
-    rows = _many(
-        s,
-        "expression",
-        'SELECT input_checksum, path, celltype, target_celltype FROM "expression" WHERE result = ?',
-        q.checksum,
-    )
-    return [
-        {"checksum": c, "path": _loads(p), "celltype": ct, "target_celltype": tct, "result": q.checksum}
-        for c, p, ct, tct in rows
-    ]
-
-
-_READS: dict[str, Callable[[_Source, Query], Any]] = {
-    "transformation": lambda s, q: _one(
-        s, "transformation", 'SELECT result FROM "transformation" WHERE checksum = ?', q.checksum
-    ),
-    "compilation": lambda s, q: _one(s, "compilation", 'SELECT result FROM "compilation" WHERE checksum = ?', q.checksum),
-    "expression": lambda s, q: _one(
-        s,
-        "expression",
-        'SELECT result FROM "expression" WHERE input_checksum = ? AND path = ? AND celltype = ? AND target_celltype = ?',
-        q.checksum,
-        q.path,
-        q.celltype,
-        q.target_celltype,
-    ),
-    "buffer_info": _buffer_info,
-    "metadata": _metadata,
-    "bucket_probe": _bucket_probe,
-    "rev_transformations": lambda s, q: [
-        r[0]
-        for r in _many(s, "rev_transformation", 'SELECT checksum FROM "rev_transformation" WHERE result = ? ORDER BY id', q.checksum)
-    ],
-    "syntactic_to_semantic": lambda s, q: [
-        r[0]
-        for r in _many(
-            s,
-            "syntactic_to_semantic",
-            'SELECT semantic FROM "syntactic_to_semantic" WHERE syntactic = ? AND celltype = ? AND subcelltype = ?',
-            q.checksum,
-            q.celltype,
-            q.subcelltype,
-        )
-    ],
-    "semantic_to_syntactic": lambda s, q: [
-        r[0]
-        for r in _many(
-            s,
-            "syntactic_to_semantic",
-            'SELECT syntactic FROM "syntactic_to_semantic" WHERE semantic = ? AND celltype = ? AND subcelltype = ?',
-            q.checksum,
-            q.celltype,
-            q.subcelltype,
-        )
-    ],
-    "rev_expression": _rev_expression,
-    "irreproducible": _irreproducible_rows,
-}

@@ -36,11 +36,22 @@ def cs(text: str) -> str:
 TF1, TF2, TF3, R1, R2, R3, S, Y1, Y2, B1, B2 = (
     cs(x) for x in ("tf1", "tf2", "tf3", "r1", "r2", "r3", "s", "y1", "y2", "b1", "b2")
 )
-RECORD3 = {"schema_version": 1, "tf_checksum": TF3, "result_checksum": R3, "wall_time_seconds": 0.25, "nested": {"b": [1, 2]}}
+RECORD3 = {
+    "schema_version": 1,
+    "tf_checksum": TF3,
+    "result_checksum": R3,
+    "wall_time_seconds": 0.25,
+    "nested": {"b": [1, 2]},
+}
 STS = {"celltype": "python", "subcelltype": "transformer"}
 EXPR_A = {"checksum": TF1, "path": ["a", 1], "celltype": "mixed", "target_celltype": "plain"}
 EXPR_B = {"checksum": TF1, "path": [], "celltype": "text", "target_celltype": "str"}
-PROBE = {"bucket_kind": "node", "label": "host-a", "freshness_tokens": {"kernel": "6.1"}, "captured_at": "2026-01-01T00:00:00Z"}
+PROBE = {
+    "bucket_kind": "node",
+    "label": "host-a",
+    "freshness_tokens": {"kernel": "6.1"},
+    "captured_at": "2026-01-01T00:00:00Z",
+}
 
 #: writes in order; several are refused (409, 404) the same way by both servers
 WRITES: list[dict[str, Any]] = [
@@ -54,12 +65,22 @@ WRITES: list[dict[str, Any]] = [
     {"type": "metadata", "checksum": TF3, "result": R3, "value": RECORD3},
     {"type": "metadata", "checksum": TF3, "result": R3, "value": RECORD3},
     {"type": "metadata", "checksum": TF3, "result": R3, "value": {**RECORD3, "wall_time_seconds": 1.0}},
-    {"type": "metadata", "checksum": TF1, "result": R2, "value": {**RECORD3, "tf_checksum": TF1, "result_checksum": R2}},
+    {
+        "type": "metadata",
+        "checksum": TF1,
+        "result": R2,
+        "value": {**RECORD3, "tf_checksum": TF1, "result_checksum": R2},
+    },
     {"type": "bucket_probe", **PROBE, "bucket_checksum": B1},
     {"type": "bucket_probe", **PROBE, "bucket_checksum": B2},
     {"type": "irreproducible", "checksum": TF2, "result": R2},
     {"type": "irreproducible", "checksum": TF2, "result": R1},
-    {"type": "metadata", "checksum": TF2, "result": R1, "value": {**RECORD3, "tf_checksum": TF2, "result_checksum": R1}},
+    {
+        "type": "metadata",
+        "checksum": TF2,
+        "result": R1,
+        "value": {**RECORD3, "tf_checksum": TF2, "result_checksum": R1},
+    },
 ]
 
 READS: list[dict[str, Any]] = [
@@ -102,8 +123,20 @@ BAD: list[tuple[str, bytes]] = [
     ("GET", b'{"type": "transformation", "checksum": 12}'),
     ("GET", b'{"type": "transformation", "checksum": "' + TF1.upper().encode() + b'"}'),
     ("PUT", b'{"type": "transformation", "checksum": "' + TF1.encode() + b'", "value": "zz"}'),
-    ("PUT", b'{"type": "metadata", "checksum": "' + TF1.encode() + b'", "result": "' + R1.encode() + b'", "value": 1}'),
-    ("PUT", b'{"type": "semantic_to_syntactic", "checksum": "' + S.encode() + b'", "celltype": "python", "subcelltype": null, "value": []}'),
+    (
+        "PUT",
+        b'{"type": "metadata", "checksum": "'
+        + TF1.encode()
+        + b'", "result": "'
+        + R1.encode()
+        + b'", "value": 1}',
+    ),
+    (
+        "PUT",
+        b'{"type": "semantic_to_syntactic", "checksum": "'
+        + S.encode()
+        + b'", "celltype": "python", "subcelltype": null, "value": []}',
+    ),
 ]
 
 
@@ -168,7 +201,9 @@ def upstream(tmp_path: Path):
         server.stop()
 
 
-async def send(client: httpx.AsyncClient, url: str, method: str, body: dict[str, Any] | bytes) -> tuple[int, Any]:
+async def send(
+    client: httpx.AsyncClient, url: str, method: str, body: dict[str, Any] | bytes
+) -> tuple[int, Any]:
     content = body if isinstance(body, bytes) else json.dumps(body)
     r = await client.request(method, url, content=content)
     try:
@@ -188,10 +223,27 @@ async def test_same_answers_as_seamless_database(start_node, upstream, tmp_path)
     node = await start_node(node=DATABASE_ONLY, database={"path": str(tmp_path / "node.db")})
     base = node.url + "/database"
     up_writes, node_writes = await answers(up.url, WRITES, "PUT"), await answers(base, WRITES, "PUT")
-    assert [s for s, _ in up_writes] == [200, 200, 200, 200, 200, 200, 200, 200, 200, 409, 409, 200, 200, 404, 200, 409]
+    assert [s for s, _ in up_writes] == [
+        200,
+        200,
+        200,
+        200,
+        200,
+        200,
+        200,
+        200,
+        200,
+        409,
+        409,
+        200,
+        200,
+        404,
+        200,
+        409,
+    ]
     assert node_writes == up_writes  # same statuses, same texts
     up_reads, node_reads = await answers(up.url, READS), await answers(base, READS)
-    for rq, mine, theirs in zip(READS, node_reads, up_reads):
+    for rq, mine, theirs in zip(READS, node_reads, up_reads, strict=True):
         assert mine == theirs, rq
     async with httpx.AsyncClient(timeout=30) as client:
         for method, body in BAD:
@@ -232,7 +284,9 @@ async def test_upstream_file_served_by_node_and_back(start_node, upstream, tmp_p
 
     ro = await start_node(node=DATABASE_ONLY, database={"path": str(path), "readonly": True})
     assert await answers(ro.url + "/database", READS) == expected
-    [(status, _)] = await answers(ro.url + "/database", [{"type": "transformation", "checksum": R2, "value": R3}], "PUT")
+    [(status, _)] = await answers(
+        ro.url + "/database", [{"type": "transformation", "checksum": R2, "value": R3}], "PUT"
+    )
     assert status == 405
     ro.stop()
 
@@ -250,7 +304,9 @@ async def test_upstream_file_served_by_node_and_back(start_node, upstream, tmp_p
     # passes uri=True to Database.connect, a TypeError; so it opens the file writable)
     again = await upstream(path)
     assert await answers(again.url, READS) == expected
-    assert await answers(again.url, [{"type": "transformation", "checksum": cs("new-tf")}]) == [(200, cs("new-result"))]
+    assert await answers(again.url, [{"type": "transformation", "checksum": cs("new-tf")}]) == [
+        (200, cs("new-result"))
+    ]
 
 
 async def test_node_file_served_by_upstream(start_node, upstream, tmp_path):
@@ -293,10 +349,12 @@ DATABASE_CLIENT_SCRIPT = textwrap.dedent(
         out["result"] = (await client.get_transformation_result(tf)).hex()
         out["rev"] = [c.hex() for c in await client.get_rev_transformations(result)]
         out["missing_rev"] = await client.get_rev_transformations(cs("nothing"))
-        record = {"schema_version": 1, "tf_checksum": tf.hex(), "result_checksum": result.hex(), "wall_time_seconds": 0.5}
+        record = {"schema_version": 1, "tf_checksum": tf.hex(), "result_checksum": result.hex()}
+        record["wall_time_seconds"] = 0.5
         out["set_record"] = await client.set_execution_record(tf, result, record)
         out["set_record_again"] = await client.set_execution_record(tf, result, record)
-        out["set_record_different"] = await client.set_execution_record(tf, result, {**record, "wall_time_seconds": 9.0})
+        different = {**record, "wall_time_seconds": 9.0}
+        out["set_record_different"] = await client.set_execution_record(tf, result, different)
         out["record"] = await client.get_execution_record(tf)
         out["missing_record"] = await client.get_execution_record(cs("nothing"))
         await client.set_bucket_probe("node", "host-a", other, {"kernel": "6.1"}, "2026-01-01T00:00:00Z")
@@ -351,7 +409,12 @@ async def run_script(tmp_path: Path, source: str, *args: str) -> str:
     env["HOME"] = str(tmp_path)  # no user configuration
     with trio.fail_after(180):
         proc = await trio.run_process(
-            [sys.executable, str(path), *args], capture_stdout=True, capture_stderr=True, check=False, env=env, cwd=tmp_path
+            [sys.executable, str(path), *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+            cwd=tmp_path,
         )
     out = proc.stdout.decode()
     assert proc.returncode == 0, out + proc.stderr.decode()[-3000:]
@@ -378,8 +441,13 @@ async def test_real_database_client_round_trips(node_process, tmp_path):
         "set_record_different": False,  # the client recognises upstream's 409 text
         "record": record,
         "missing_record": None,
-        "probe": {"bucket_kind": "node", "label": "host-a", "bucket_checksum": other,
-                  "captured_at": "2026-01-01T00:00:00Z", "freshness_tokens": {"kernel": "6.1"}},
+        "probe": {
+            "bucket_kind": "node",
+            "label": "host-a",
+            "bucket_checksum": other,
+            "captured_at": "2026-01-01T00:00:00Z",
+            "freshness_tokens": {"kernel": "6.1"},
+        },
         "missing_probe": None,
         "missing_irreproducible": None,
         "undo": True,
@@ -390,7 +458,9 @@ async def test_real_database_client_round_trips(node_process, tmp_path):
 
 
 @pytest.mark.parametrize("mode, expected", [("direct", "402"), ("delayed", "403")])
-async def test_transformation_result_is_a_cache_hit_in_a_fresh_process(node_process, tmp_path, mode, expected):
+async def test_transformation_result_is_a_cache_hit_in_a_fresh_process(
+    node_process, tmp_path, mode, expected
+):
     node = node_process("--roles", "buffers,database")
     marker = tmp_path / "marker"
     args = (node.url + "/database", node.url + "/buffers", str(marker), mode)

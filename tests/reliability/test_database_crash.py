@@ -45,7 +45,7 @@ async def test_sigkill_during_write_burst(node_process, tmp_path):
         proc = node_process("--roles", "database", data_dir=data_dir)
         url = proc.url + "/database"
 
-        async def burst(client: httpx.AsyncClient) -> None:
+        async def burst(client: httpx.AsyncClient, url: str = url) -> None:
             nonlocal counter
             while True:
                 counter += 1

@@ -86,7 +86,9 @@ HOSTILE_READS = [
     b'{"type": "transformation", "checksum": "' + b"A" * 64 + b'"}',
     b'{"type": "transformation", "checksum": "' + b"a" * 64 + b'\\n"}',
     b'{"type": "transformation", "checksum": "../../etc/passwd"}',
-    b'{"type": "expression", "checksum": "' + b"a" * 64 + b'", "path": "x", "celltype": 1, "target_celltype": []}',
+    b'{"type": "expression", "checksum": "'
+    + b"a" * 64
+    + b'", "path": "x", "celltype": 1, "target_celltype": []}',
     b'{"type": "bucket_probe"}',
     b'{"type": "irreproducible", "checksum": "' + b"a" * 64 + b'", "result": 12}',
     b'{"type": "semantic_to_syntactic", "checksum": "' + b"a" * 64 + b'"}',
@@ -142,7 +144,9 @@ async def test_readonly_database_answers_405(start_node, http, tmp_path):
     node = await start_node(node={"roles": "database"}, database={"path": str(tmp_path / "x.db")})
     assert (await put(http, node, {"type": "transformation", "checksum": TF, "value": R})).status_code == 200
     node.stop()
-    ro = await start_node(node={"roles": "database"}, database={"path": str(tmp_path / "x.db"), "readonly": True})
+    ro = await start_node(
+        node={"roles": "database"}, database={"path": str(tmp_path / "x.db"), "readonly": True}
+    )
     r = await put(http, ro, {"type": "transformation", "checksum": TF, "value": R2})
     assert r.status_code == 405 and r.text.startswith("ERROR: Database server is read-only")
     r = await get(http, ro, {"type": "transformation", "checksum": TF})
@@ -151,9 +155,13 @@ async def test_readonly_database_answers_405(start_node, http, tmp_path):
 
 async def test_extra_files_are_served(start_node, http, tmp_path):
     shared = await start_node(node={"roles": "database"}, database={"path": str(tmp_path / "shared.db")})
-    assert (await put(http, shared, {"type": "transformation", "checksum": TF, "value": R})).status_code == 200
+    assert (
+        await put(http, shared, {"type": "transformation", "checksum": TF, "value": R})
+    ).status_code == 200
     shared.stop()
-    node = await start_node(node={"roles": "database"}, database={"extra_files": [str(tmp_path / "shared.db")]})
+    node = await start_node(
+        node={"roles": "database"}, database={"extra_files": [str(tmp_path / "shared.db")]}
+    )
     r = await get(http, node, {"type": "transformation", "checksum": TF})
     assert (r.status_code, r.text) == (200, R)
 
@@ -167,8 +175,12 @@ async def test_metrics_count_database_requests(db, http):
 @pytest.mark.parametrize("depth", [65, 990, 30_000])
 async def test_deeply_nested_json_is_400(db, http, depth):
     value = "[" * depth + "]" * depth
-    body = '{"type": "metadata", "checksum": "%s", "result": "%s", "value": {"schema_version": 1, "tf_checksum": "%s", "result_checksum": "%s", "x": %s}}' % (TF, R, TF, R, value)
+    record = '{"schema_version": 1, "tf_checksum": "%s", "result_checksum": "%s", "x": %s}' % (TF, R, value)
+    body = '{"type": "metadata", "checksum": "%s", "result": "%s", "value": %s}' % (TF, R, record)
     r = await put(http, db, body.encode())
-    assert r.status_code == 400 and r.text.startswith("ERROR: Malformed request: JSON nested"), r.text[:200]
-    r = await http.post(db.url + "/api/v1/database/write-many", content=('{"requests": [%s]}' % body).encode())
+    assert r.status_code == 400 and r.text.startswith("ERROR: Malformed request: "), r.text[:200]
+    assert "nested" in r.text
+    r = await http.post(
+        db.url + "/api/v1/database/write-many", content=('{"requests": [%s]}' % body).encode()
+    )
     assert r.status_code == 400, r.text[:200]

@@ -64,7 +64,11 @@ async def test_batches(db, http):
     [
         ({"requests": "x"}, 400, "expected"),
         ([], 400, "expected"),
-        ({"requests": [{"type": "transformation", "checksum": TF, "value": R}, {"type": "nope"}]}, 400, "request 1"),
+        (
+            {"requests": [{"type": "transformation", "checksum": TF, "value": R}, {"type": "nope"}]},
+            400,
+            "request 1",
+        ),
         ({"requests": [{"type": "transformation", "checksum": TF, "value": R}] * 1001}, 413, "too many"),
     ],
 )
@@ -92,7 +96,9 @@ async def test_concurrent_writers_and_readers(node_process, http):
             mine = list(range(k, total, writers))
             for start in range(0, len(mine), batch):
                 chunk = mine[start : start + batch]
-                requests = [{"type": "transformation", "checksum": cs("tf", i), "value": cs("r", i)} for i in chunk]
+                requests = [
+                    {"type": "transformation", "checksum": cs("tf", i), "value": cs("r", i)} for i in chunk
+                ]
                 r = await client.post(api + "/write-many", json={"requests": requests})
                 assert r.status_code == 200 and r.json()["results"] == [{"status": 200}] * len(chunk), r.text
                 written.update(chunk)
@@ -111,9 +117,10 @@ async def test_concurrent_writers_and_readers(node_process, http):
                 keys = [rng.randrange(total) for _ in range(batch)]
                 acknowledged = [i in written for i in keys]
                 r = await client.post(
-                    api + "/read-many", json={"requests": [{"type": "transformation", "checksum": cs("tf", i)} for i in keys]}
+                    api + "/read-many",
+                    json={"requests": [{"type": "transformation", "checksum": cs("tf", i)} for i in keys]},
                 )
-                for i, ack, value in zip(keys, acknowledged, r.json()["values"]):
+                for i, ack, value in zip(keys, acknowledged, r.json()["values"], strict=True):
                     check(i, ack, 200 if value else 404, value)
                 i = keys[0]
                 ack = i in written

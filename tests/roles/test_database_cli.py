@@ -95,19 +95,29 @@ def test_import_merges_and_keeps_what_the_target_has(tmp_path):
 
 def test_import_respects_irreproducible_marks(tmp_path):
     own, shared = tmp_path / "own.db", tmp_path / "shared.db"
-    fill(own, {"type": "transformation", "checksum": TF, "value": R}, {"type": "irreproducible", "checksum": TF, "result": R})
+    fill(
+        own,
+        {"type": "transformation", "checksum": TF, "value": R},
+        {"type": "irreproducible", "checksum": TF, "result": R},
+    )
     fill(
         shared,
         {"type": "metadata", "checksum": TF, "result": R, "value": record(TF, R)},
         {"type": "transformation", "checksum": TF2, "value": R2},
     )
-    fill(tmp_path / "marks.db", {"type": "transformation", "checksum": TF2, "value": R2}, {"type": "irreproducible", "checksum": TF2, "result": R2})
+    fill(
+        tmp_path / "marks.db",
+        {"type": "transformation", "checksum": TF2, "value": R2},
+        {"type": "irreproducible", "checksum": TF2, "result": R2},
+    )
     runner = CliRunner()
     assert runner.invoke(main, ["db", "import", str(shared), "--into", str(own)]).exit_code == 0
     assert read(own, {"type": "transformation", "checksum": TF}) is None  # still irreproducible here
     assert read(own, {"type": "metadata", "checksum": TF}) is None
     assert read(own, {"type": "transformation", "checksum": TF2}) == R2
-    assert runner.invoke(main, ["db", "import", str(tmp_path / "marks.db"), "--into", str(own)]).exit_code == 0
+    assert (
+        runner.invoke(main, ["db", "import", str(tmp_path / "marks.db"), "--into", str(own)]).exit_code == 0
+    )
     assert read(own, {"type": "transformation", "checksum": TF2}) is None  # an incoming mark removes it
     assert read(own, {"type": "rev_transformations", "checksum": R2}) is None
 

@@ -75,7 +75,16 @@ def test_bad_checksums_are_refused(bad):
         ({"type": ["transformation"], "checksum": TF}, "Unknown request type"),
         ({"type": "transformation"}, "missing field 'checksum'"),
         ({"type": "expression", "checksum": TF, "celltype": "plain", "target_celltype": "plain"}, "'path'"),
-        ({"type": "expression", "checksum": TF, "path": [1.5], "celltype": "plain", "target_celltype": "plain"}, "'path'"),
+        (
+            {
+                "type": "expression",
+                "checksum": TF,
+                "path": [1.5],
+                "celltype": "plain",
+                "target_celltype": "plain",
+            },
+            "'path'",
+        ),
         ({"type": "syntactic_to_semantic", "checksum": TF, "celltype": 3, "subcelltype": None}, "'celltype'"),
         ({"type": "bucket_probe", "bucket_kind": "node"}, "'label'"),
         ({"type": "irreproducible", "checksum": TF, "result": "x"}, "'result'"),
@@ -96,23 +105,114 @@ def test_malformed_reads(request_, message):
         ({"type": "metadata", "checksum": TF, "result": R, "value": "{not json"}, "JSON object"),
         ({"type": "metadata", "checksum": TF, "result": R, "value": record(TF2, R)}, "tf_checksum"),
         ({"type": "metadata", "checksum": TF, "result": R, "value": record(TF, R2)}, "result_checksum"),
-        ({"type": "metadata", "checksum": TF, "result": R, "value": {**record(TF, R), "schema_version": "1"}}, "schema_version"),
-        ({"type": "metadata", "checksum": TF, "result": R, "value": {**record(TF, R), "schema_version": True}}, "schema_version"),
-        ({"type": "metadata", "checksum": TF, "result": R, "value": record(TF, R, checksum_fields=[""])}, "checksum_fields"),
+        (
+            {
+                "type": "metadata",
+                "checksum": TF,
+                "result": R,
+                "value": {**record(TF, R), "schema_version": "1"},
+            },
+            "schema_version",
+        ),
+        (
+            {
+                "type": "metadata",
+                "checksum": TF,
+                "result": R,
+                "value": {**record(TF, R), "schema_version": True},
+            },
+            "schema_version",
+        ),
+        (
+            {"type": "metadata", "checksum": TF, "result": R, "value": record(TF, R, checksum_fields=[""])},
+            "checksum_fields",
+        ),
         ({"type": "buffer_info", "checksum": TF, "value": {"length": -1}}, "'length'"),
         ({"type": "buffer_info", "checksum": TF, "value": {"length": True}}, "'length'"),
         ({"type": "buffer_info", "checksum": TF, "value": {"is_json": "yes"}}, "'is_json'"),
         ({"type": "buffer_info", "checksum": TF, "value": {"str2text": "abc"}}, "'str2text'"),
         ({"type": "buffer_info", "checksum": TF, "value": {"shape": [2, -1]}}, "'shape'"),
         ({"type": "buffer_info", "checksum": TF, "value": "length"}, "'value'"),
-        ({"type": "semantic_to_syntactic", "checksum": TF, "celltype": "python", "subcelltype": "x", "value": ["A" * 64]}, "list of checksums"),
-        ({"type": "semantic_to_syntactic", "checksum": TF, "celltype": "python", "value": [R]}, "'subcelltype'"),
-        ({"type": "expression", "checksum": TF, "path": ["a"], "celltype": "text", "target_celltype": "plain", "value": R}, "celltype mixed"),
-        ({"type": "expression", "checksum": TF, "path": ["a" * 200], "celltype": "plain", "target_celltype": "plain", "value": R}, "longer than 100"),
-        ({"type": "expression", "checksum": TF, "path": [], "celltype": "x" * 21, "target_celltype": "plain", "value": R}, "longer than 20"),
-        ({"type": "bucket_probe", "bucket_kind": "galaxy", "label": "x", "bucket_checksum": R, "freshness_tokens": {}, "captured_at": "now"}, "bucket_kind"),
-        ({"type": "bucket_probe", "bucket_kind": "node", "label": "", "bucket_checksum": R, "freshness_tokens": {}, "captured_at": "now"}, "'label'"),
-        ({"type": "bucket_probe", "bucket_kind": "node", "label": "x", "bucket_checksum": R, "freshness_tokens": [], "captured_at": "now"}, "freshness_tokens"),
+        (
+            {
+                "type": "semantic_to_syntactic",
+                "checksum": TF,
+                "celltype": "python",
+                "subcelltype": "x",
+                "value": ["A" * 64],
+            },
+            "list of checksums",
+        ),
+        (
+            {"type": "semantic_to_syntactic", "checksum": TF, "celltype": "python", "value": [R]},
+            "'subcelltype'",
+        ),
+        (
+            {
+                "type": "expression",
+                "checksum": TF,
+                "path": ["a"],
+                "celltype": "text",
+                "target_celltype": "plain",
+                "value": R,
+            },
+            "celltype mixed",
+        ),
+        (
+            {
+                "type": "expression",
+                "checksum": TF,
+                "path": ["a" * 200],
+                "celltype": "plain",
+                "target_celltype": "plain",
+                "value": R,
+            },
+            "longer than 100",
+        ),
+        (
+            {
+                "type": "expression",
+                "checksum": TF,
+                "path": [],
+                "celltype": "x" * 21,
+                "target_celltype": "plain",
+                "value": R,
+            },
+            "longer than 20",
+        ),
+        (
+            {
+                "type": "bucket_probe",
+                "bucket_kind": "galaxy",
+                "label": "x",
+                "bucket_checksum": R,
+                "freshness_tokens": {},
+                "captured_at": "now",
+            },
+            "bucket_kind",
+        ),
+        (
+            {
+                "type": "bucket_probe",
+                "bucket_kind": "node",
+                "label": "",
+                "bucket_checksum": R,
+                "freshness_tokens": {},
+                "captured_at": "now",
+            },
+            "'label'",
+        ),
+        (
+            {
+                "type": "bucket_probe",
+                "bucket_kind": "node",
+                "label": "x",
+                "bucket_checksum": R,
+                "freshness_tokens": [],
+                "captured_at": "now",
+            },
+            "freshness_tokens",
+        ),
     ],
 )
 def test_malformed_writes(request_, message):
@@ -125,13 +225,25 @@ def test_malformed_writes(request_, message):
 
 def test_every_type_round_trips(store):
     path_rq = {"checksum": TF, "path": ["a", 0], "celltype": "mixed", "target_celltype": "plain"}
-    probe = {"bucket_kind": "node", "label": "host1", "bucket_checksum": R, "freshness_tokens": {"a": 1}, "captured_at": "2026-01-01T00:00:00Z"}
+    probe = {
+        "bucket_kind": "node",
+        "label": "host1",
+        "bucket_checksum": R,
+        "freshness_tokens": {"a": 1},
+        "captured_at": "2026-01-01T00:00:00Z",
+    }
     outcomes = write(
         store,
         {"type": "transformation", "checksum": TF, "value": R},
         {"type": "compilation", "checksum": TF2, "value": R2},
         {"type": "buffer_info", "checksum": R, "value": {"length": 3, "is_utf8": True, "members": 2}},
-        {"type": "semantic_to_syntactic", "checksum": R2, "celltype": "python", "subcelltype": "transformer", "value": [R3, R]},
+        {
+            "type": "semantic_to_syntactic",
+            "checksum": R2,
+            "celltype": "python",
+            "subcelltype": "transformer",
+            "value": [R3, R],
+        },
         {"type": "expression", **path_rq, "value": R3},
         {"type": "metadata", "checksum": TF, "result": R, "value": record(TF, R, extra={"x": [1, 2.5]})},
         {"type": "bucket_probe", **probe},
@@ -195,7 +307,9 @@ def test_irreproducible_moves_entry_out_of_the_cache(store):
     assert read(store, {"type": "transformation", "checksum": TF}) is None
     assert read(store, {"type": "metadata", "checksum": TF}) is None
     assert read(store, {"type": "rev_transformations", "checksum": R}) is None
-    assert read(store, {"type": "irreproducible", "checksum": TF}) == [{"checksum": TF, "result": R, "metadata": record(TF, R)}]
+    assert read(store, {"type": "irreproducible", "checksum": TF}) == [
+        {"checksum": TF, "result": R, "metadata": record(TF, R)}
+    ]
     assert read(store, {"type": "irreproducible", "checksum": TF, "result": R2}) is None
     again = write(store, {"type": "metadata", "checksum": TF, "result": R, "value": record(TF, R)})[0]
     assert (again.status, again.message) == (409, "Transformation already has irreproducible records")
@@ -204,7 +318,11 @@ def test_irreproducible_moves_entry_out_of_the_cache(store):
 def test_buffer_info_merges(store):
     write(store, {"type": "buffer_info", "checksum": R, "value": {"length": 3, "is_json": None}})
     write(store, {"type": "buffer_info", "checksum": R, "value": {"is_json": True, "json_type": "int"}})
-    assert read(store, {"type": "buffer_info", "checksum": R}) == {"length": 3, "is_json": True, "json_type": "int"}
+    assert read(store, {"type": "buffer_info", "checksum": R}) == {
+        "length": 3,
+        "is_json": True,
+        "json_type": "int",
+    }
 
 
 def test_a_refused_write_does_not_undo_its_batch(store):
@@ -224,7 +342,11 @@ def test_a_refused_write_does_not_undo_its_batch(store):
 def test_extra_files_are_consulted_after_the_own_file(tmp_path):
     shared = MappingStore(str(tmp_path / "shared.db"))
     shared.open()
-    write(shared, {"type": "transformation", "checksum": TF, "value": R}, {"type": "transformation", "checksum": TF2, "value": R})
+    write(
+        shared,
+        {"type": "transformation", "checksum": TF, "value": R},
+        {"type": "transformation", "checksum": TF2, "value": R},
+    )
     write(shared, {"type": "transformation", "checksum": checksum_of(b"x"), "value": R3})
     shared.close()
     own = MappingStore(str(tmp_path / "own.db"), extra_files=[str(tmp_path / "shared.db")])
@@ -282,7 +404,9 @@ def test_readonly_file_in_wal_mode_in_readonly_directory(tmp_path):
     path = str(directory / "seamless.db")
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute('CREATE TABLE "transformation" ("checksum" CHAR(64) NOT NULL PRIMARY KEY, "result" CHAR(64) NOT NULL)')
+    conn.execute(
+        'CREATE TABLE "transformation" ("checksum" CHAR(64) NOT NULL PRIMARY KEY, "result" CHAR(64) NOT NULL)'
+    )
     conn.execute("INSERT INTO transformation VALUES (?, ?)", (TF, R))
     conn.commit()
     conn.close()
@@ -301,11 +425,25 @@ def test_readonly_file_in_wal_mode_in_readonly_directory(tmp_path):
         os.chmod(directory, 0o755)
 
 
-def test_missing_readonly_file_is_a_clear_error(tmp_path):
-    with pytest.raises(SchemaError, match="does not exist"):
-        MappingStore(str(tmp_path / "nope.db"), readonly=True).open()
+def test_missing_files(tmp_path):
+    ro = MappingStore(str(tmp_path / "nope.db"), readonly=True)
+    ro.open()  # a read-only node without a database file serves an empty one
+    try:
+        assert read(ro, {"type": "transformation", "checksum": TF}) is None
+        assert not (tmp_path / "nope.db").exists()
+    finally:
+        ro.close()
     with pytest.raises(SchemaError, match="does not exist"):
         MappingStore(str(tmp_path / "own.db"), extra_files=[str(tmp_path / "nope.db")]).open()
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "seamless.db"
+    path.write_bytes(b"not a database at all" * 200)
+    with pytest.raises(SchemaError, match="cannot open database file"):
+        MappingStore(str(path)).open()
+    with pytest.raises(SchemaError, match="cannot open database file"):
+        MappingStore(str(path), readonly=True).open()
 
 
 def test_foreign_schema_is_refused(tmp_path):
