@@ -29,6 +29,9 @@ from .web.app_class import NodeApp, needs_close
 
 log = logging.getLogger("seamless_node")
 
+#: longest a job long-poll (``/jobserver/run-transformation``) may stay silent
+LONG_POLL_SECONDS = 1260.0
+
 
 @dataclass
 class Node:
@@ -111,8 +114,14 @@ def hypercorn_config(config: NodeConfig) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"{config.node.host}:{config.node.port}"]
     hc.graceful_timeout = float(config.node.shutdown_grace)
-    hc.read_timeout = 60  # closes idle keep-alive connections (not done otherwise on trio)
-    hc.keep_alive_timeout = 60
+    # hypercorn's keep-alive timer runs from connection (or last response) until a complete
+    # request head has arrived, so it bounds slow-header clients as well as idle connections
+    hc.keep_alive_timeout = float(config.node.header_timeout)
+    hc.read_timeout = 120  # no byte at all for this long ends a connection
+    if "jobless" in config.node.roles:
+        # /jobserver answers when the job ends: a client waits without sending a byte
+        # for as long as its own read timeout (20 min for the Seamless client)
+        hc.read_timeout = max(hc.read_timeout, LONG_POLL_SECONDS)
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.include_server_header = False

@@ -257,7 +257,10 @@ def fsck(data_dir: str | None, directory: str | None, config_file: str | None, n
     if not os.path.isdir(root):
         _fail(f"no buffer directory at {root}", 2)
     store = BufferStore(root, readonly=no_repair, layout=config.buffers.layout)  # type: ignore[arg-type]
-    store.open()
+    try:
+        store.open(clear_tmp=False)  # a running node may be writing there
+    except NodeError as exc:
+        _fail(str(exc), 2)
     total = sum(os.lstat(loc.path).st_size for _, loc in store.iter_files())
     with _progress("checking", total) as progress:
         report = run_fsck(store, repair=not no_repair, progress=progress)
@@ -311,3 +314,9 @@ def show_config(config_file: str | None) -> None:
 from .cli_db import db  # noqa: E402  (the `db` command group lives in its own module)
 
 main.add_command(db)
+from .cli_jobs import cancel, jobs, status, submit  # noqa: E402  (job commands, node/cli_jobs.py)
+
+main.add_command(submit)
+main.add_command(status)
+main.add_command(cancel)
+main.add_command(jobs)

@@ -27,7 +27,7 @@ import yaml
 from .errors import ConfigError
 
 VALID_ROLES = ("buffers", "database", "jobless", "compile", "fair", "cloudless")
-BUILT_ROLES = ("buffers", "database")
+BUILT_ROLES = ("buffers", "database", "jobless")
 DEFAULT_ROLES = BUILT_ROLES
 ENV_PREFIX = "SEAMLESS_NODE__"
 
@@ -89,6 +89,9 @@ class NodeSection:
     log_level: str = "info"
     #: seconds that open connections get to finish on shutdown
     shutdown_grace: Seconds = Seconds(2.0)
+    #: a client must send a complete request head within this many seconds of connecting
+    #: (or of its previous request); also how long an idle keep-alive connection stays open
+    header_timeout: Seconds = Seconds(10.0)
 
 
 @dataclass(frozen=True)
@@ -139,10 +142,43 @@ class DatabaseSection:
 
 
 @dataclass(frozen=True)
+class JoblessSection:
+    """The job service (see docs/jobless.md)."""
+
+    #: where jobs run: local (a pool of worker processes), dask or slurm
+    backend: str = "local"
+    #: local worker processes; 0 = the number of cores
+    workers: int = 0
+    #: job directories; default: <data_dir>/jobs (Slurm: must be shared with the compute nodes)
+    jobs_dir: str | None = None
+    #: fetch inputs from / store results at this buffer server instead of the node's store
+    buffer_url: str | None = None
+    #: look up / record results at this database server when the node runs no database role
+    database_url: str | None = None
+    max_wall_time: Seconds = Seconds(86400.0)
+    #: address space per job; 0 = no limit
+    max_memory: Size = Size(0)
+    #: size cap for every file a job writes and for each result buffer
+    max_output: Size = Size(1024**3)
+    #: a job nobody waits for any more (clients disconnected) is killed after this long
+    orphan_grace: Seconds = Seconds(30.0)
+    #: finished jobs remembered for status queries and listings
+    history: int = 1000
+    #: dask backend: the scheduler address (tcp://host:port)
+    dask_scheduler: str | None = None
+    #: slurm backend: partition (-p), extra "#SBATCH ..." lines, poll interval, Python on the nodes
+    slurm_partition: str | None = None
+    slurm_header: tuple[str, ...] = ()
+    slurm_poll_interval: Seconds = Seconds(0.5)
+    slurm_python: str | None = None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     buffers: BuffersSection = field(default_factory=BuffersSection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
+    jobless: JoblessSection = field(default_factory=JoblessSection)
 
     @property
     def buffer_directory(self) -> str:
@@ -151,6 +187,10 @@ class NodeConfig:
     @property
     def database_path(self) -> str:
         return self.database.path or os.path.join(self.node.data_dir, "seamless.db")
+
+    @property
+    def jobs_directory(self) -> str:
+        return self.jobless.jobs_dir or os.path.join(self.node.data_dir, "jobs")
 
 
 _SECTION_TYPES = typing.get_type_hints(NodeConfig)
@@ -289,7 +329,25 @@ def validate(config: NodeConfig) -> NodeConfig:
         raise ConfigError("database.max_batch_count must be at least 1")
     if config.database.synchronous not in ("normal", "full"):
         raise ConfigError(f"database.synchronous must be normal or full, got {config.database.synchronous!r}")
+    _validate_jobless(config.jobless)
     return config
+
+
+def _validate_jobless(cfg: JoblessSection) -> None:
+    if cfg.backend not in ("local", "dask", "slurm"):
+        raise ConfigError(f"jobless.backend must be local, dask or slurm, got {cfg.backend!r}")
+    if cfg.workers < 0:
+        raise ConfigError("jobless.workers must be 0 (one per core) or more")
+    if cfg.backend == "dask" and not cfg.dask_scheduler:
+        raise ConfigError("jobless.backend dask needs jobless.dask_scheduler (e.g. tcp://127.0.0.1:8786)")
+    if cfg.max_wall_time <= 0:
+        raise ConfigError("jobless.max_wall_time must be positive")
+    if cfg.history < 1:
+        raise ConfigError("jobless.history must be at least 1")
+    for key in ("buffer_url", "database_url"):
+        url = getattr(cfg, key)
+        if url is not None and not re.match(r"https?://", url):
+            raise ConfigError(f"jobless.{key} must be an http(s) URL, got {url!r}")
 
 
 def build_config(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -33,6 +34,20 @@ class StoreRoot:
 
     path: str
     layout: L.Layout
+
+
+def _ensure_private_directory(path: str) -> None:
+    """Create a node-private directory; refuse one that is a symlink or not a directory
+    (emptying a planted symlink's target would delete files outside the store)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError(
+                f"{path} must be a plain directory, not a symlink or file; "
+                "remove it and start again"
+            ) from None
 
 
 class BufferStore:
@@ -64,8 +79,10 @@ class BufferStore:
 
     # -- start-up -------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Create (or check) the directory, pick the layout, clear stale temp files."""
+    def open(self, *, clear_tmp: bool = True) -> None:
+        """Create (or check) the directory, pick the layout, clear stale temp files.
+
+        ``clear_tmp=False`` opens a store that a running node may be using (fsck)."""
         if self.readonly:
             if not os.path.isdir(self.directory):
                 raise StoreError(f"buffer directory {self.directory!r} does not exist")
@@ -77,12 +94,12 @@ class BufferStore:
             if self.layout == "prefix" and not os.path.exists(sentinel):
                 with open(sentinel, "wb") as f:
                     f.write(L.PREFIX_SENTINEL_CONTENT)
-            os.makedirs(self.quarantine_dir, exist_ok=True)
-            if os.path.isdir(self.tmp_dir):
+            for private in (self.quarantine_dir, self.tmp_dir):
+                _ensure_private_directory(private)
+            if clear_tmp:
                 stale = self.clear_tmp()
                 if stale:
                     log.warning("removed %d unfinished write(s) left by an earlier run", stale)
-            os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
         self.roots = [StoreRoot(self.directory, self.layout)] + [
             StoreRoot(d, L.detect_layout(d)) for d in self._extra_dirs
         ]
@@ -208,11 +225,9 @@ class BufferStore:
 
     # -- writing --------------------------------------------------------------------
 
-    def primary_location(self, checksum: str, encoding: str | None) -> L.BufferLocation:
-        for location in L.candidate_locations(self.directory, checksum, self.layout):
-            if location.encoding == encoding:
-                return location
-        raise ValueError(encoding)
+    def primary_location(self, checksum: str) -> L.BufferLocation:
+        """Where a new buffer is written: always the plain (decompressed) file."""
+        return L.candidate_locations(self.directory, checksum, self.layout)[0]
 
     def begin_write(self, checksum: str, encoding: str | None, expected_size: int | None = None) -> PendingWrite:
         parse_checksum(checksum)
@@ -246,7 +261,7 @@ class BufferStore:
             if self._stat_many([pending.checksum])[0] is not None:
                 pending.abort()
                 return False
-            pending.commit(self.primary_location(pending.checksum, pending.encoding))
+            pending.commit(self.primary_location(pending.checksum))
             return True
         except BaseException:
             pending.abort()

@@ -15,6 +15,7 @@ from typing import Callable
 import zstandard
 
 from ..errors import InvalidBody
+from .zstd_frames import ZstdFrameError, ZstdFrameTracker
 
 #: Largest piece of decompressed output produced at once.
 OUTPUT_PIECE = 1 << 20
@@ -91,9 +92,11 @@ class Decompressor:
             self._zstd = dctx.stream_writer(
                 _SinkWriter(sink), write_size=OUTPUT_PIECE, closefd=False
             )
+            self._frames: ZstdFrameTracker | None = ZstdFrameTracker()
             self._zlib = None
         elif encoding == "gzip":
             self._zstd = None
+            self._frames = None
             self._zlib = zlib.decompressobj(wbits=31)
         else:  # pragma: no cover - guarded by parse_content_encoding
             raise InvalidBody(f"unsupported encoding {encoding!r}")
@@ -101,6 +104,8 @@ class Decompressor:
     def feed(self, chunk: bytes) -> None:
         try:
             if self._zstd is not None:
+                assert self._frames is not None
+                self._frames.feed(chunk)
                 self._zstd.write(chunk)
                 return
             assert self._zlib is not None
@@ -112,6 +117,10 @@ class Decompressor:
                 if piece:
                     self._sink(piece)
                 data = self._zlib.unconsumed_tail
+            if self._zlib.unused_data:
+                raise InvalidBody("data after the end of the gzip stream")
+        except ZstdFrameError as exc:
+            raise InvalidBody(f"invalid zstd data: {exc}") from None
         except (zlib.error, zstandard.ZstdError) as exc:
             raise InvalidBody(f"invalid {self.encoding} data: {exc}") from None
 
@@ -119,7 +128,10 @@ class Decompressor:
         """Flush what remains; raise InvalidBody if the stream was cut short."""
         try:
             if self._zstd is not None:
-                self._zstd.flush()  # a cut-short frame then fails the checksum
+                self._zstd.flush()
+                assert self._frames is not None
+                if not self._frames.complete:
+                    raise InvalidBody("truncated zstd stream (its last frame is unfinished)")
                 return
             assert self._zlib is not None
             while True:
@@ -133,6 +145,8 @@ class Decompressor:
                 self._sink(tail)
             if not self._zlib.eof:
                 raise InvalidBody("truncated gzip stream")
+            if self._zlib.unused_data:
+                raise InvalidBody("data after the end of the gzip stream")
         except (zlib.error, zstandard.ZstdError) as exc:
             raise InvalidBody(f"invalid {self.encoding} data: {exc}") from None
 

@@ -39,8 +39,14 @@ def fsck(
 ) -> FsckReport:
     """Check every buffer file in *store*; with *repair*, quarantine what is bad."""
     report = FsckReport()
-    if os.path.isdir(store.tmp_dir):
+    if os.path.isdir(store.tmp_dir) and not os.path.islink(store.tmp_dir):
         report.stale_tmp = len(os.listdir(store.tmp_dir))
+    if store.layout == "prefix":
+        for entry in os.scandir(store.directory):
+            if len(entry.name) == 2 and not entry.is_dir(follow_symlinks=False):
+                report.strays.append(entry.path)
+                if repair and entry.is_symlink():
+                    os.unlink(entry.path)
     for checksum, location in store.iter_files():
         try:
             st = os.lstat(location.path)

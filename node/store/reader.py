@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import zstandard
 
 from ..checksum import new_hasher
-from ..errors import CorruptBuffer
+from ..errors import CorruptBuffer, InvalidBody
 from .compression import Decompressor
 from .layout import LENGTH_SIDECAR_SUFFIX, BufferLocation
 
@@ -104,6 +104,8 @@ class VerifiedReader:
         self._raw_decoder: Decompressor | None = None
         self._decoded_stream = None
         if stored is not None and send_encoding == stored:
+            # the stored bytes go out as they are; decoding them here both hashes the
+            # content and checks that the stream is well-formed to its last byte
             self._raw_decoder = Decompressor(stored, self._hasher.update)
         elif stored == "zstd":
             self._decoded_stream = zstandard.ZstdDecompressor().stream_reader(self._file)
@@ -135,7 +137,7 @@ class VerifiedReader:
                 at_end = self._remaining <= 0 or not data
                 if at_end and self._raw_decoder is not None:
                     self._raw_decoder.finish()
-        except (OSError, EOFError, zstandard.ZstdError, ValueError) as exc:
+        except (OSError, EOFError, zstandard.ZstdError, ValueError, InvalidBody) as exc:
             self.close()
             raise CorruptBuffer(f"buffer {self.checksum} is unreadable: {exc}") from None
         if at_end:

@@ -107,7 +107,6 @@ class BufferService:
         self.store = store
         self.limiter = trio.CapacityLimiter(threads)
         self.pending = PendingBuffers(promise_ttl)
-        self.on_stored: list[Callable[[str], None]] = []
 
     async def run_sync(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
@@ -192,7 +191,10 @@ class BufferService:
             raise StoreReadOnly("this node's buffer store is read-only")
         if self.pending.is_uploading(checksum):
             return PutOutcome.IN_PROGRESS
-        if (await self.run_sync(self.store.has_many, [checksum]))[0]:
+        small = expected_size is not None and expected_size < CHUNK
+        # A large body is not read at all when the buffer is already here. A small one is
+        # written in a single hop that makes the same check (see BufferStore.put).
+        if not small and (await self.run_sync(self.store.has_many, [checksum]))[0]:
             self.pending.resolve(checksum)
             return PutOutcome.EXISTED
         if not self.pending.start_upload(checksum):
@@ -203,9 +205,6 @@ class BufferService:
             stored = True
         finally:
             self.pending.end_upload(checksum, stored)
-        if created:
-            for callback in self.on_stored:
-                callback(checksum)
         return PutOutcome.CREATED if created else PutOutcome.EXISTED
 
     async def _write(

@@ -5,8 +5,10 @@ hash to it and are on stable storage:
 
 1. open a fresh temp file in the store-private ``.tmp`` directory (same filesystem),
    ``O_CREAT|O_EXCL|O_NOFOLLOW``, mode 0600;
-2. write each chunk while hashing it (decompressing first when the body is compressed;
-   the checksum is always over the decompressed bytes); enforce the size limit as it goes;
+2. write each chunk while hashing it; enforce the size limit as it goes. A compressed body
+   (Content-Encoding zstd or gzip) is decompressed on the way in: the checksum names the
+   decompressed bytes, and those are what the store keeps, so every stored file is
+   verifiable by hashing it alone. (Compression is a transfer encoding here.)
 3. compare the digest with the claimed checksum: a mismatch deletes the temp file;
 4. ``fsync`` the file, make it read-only (0444), ``rename`` it into place, ``fsync`` the
    directory: only then is the write acknowledged.
@@ -18,13 +20,16 @@ methods here are blocking; the async service calls each of them in one thread ho
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 
 from ..checksum import new_hasher
 from ..errors import BufferTooLarge, ChecksumMismatch, StoreError, StoreFull
 from .compression import Decompressor
-from .layout import LENGTH_SIDECAR_SUFFIX, BufferLocation
+from .layout import BufferLocation
+
+log = logging.getLogger("seamless_node.store")
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -59,39 +64,37 @@ class PendingWrite:
         self.encoding = encoding
         self.max_size = max_size
         self.fsync = fsync
-        self.length = 0  # decompressed length
-        self.stored_length = 0  # bytes written to disk
+        self.length = 0  # bytes written to disk (decompressed)
         self._hasher = new_hasher()
-        self._decompressor = Decompressor(encoding, self._hash_piece) if encoding else None
+        self._decompressor = Decompressor(encoding, self._write_piece) if encoding else None
         self.tmp_path = os.path.join(tmp_dir, f"{checksum}.{secrets.token_hex(6)}")
         try:
             self._fd: int | None = os.open(self.tmp_path, _OPEN_FLAGS, 0o600)
         except OSError as exc:
             raise_for_oserror(exc, "creating a temp file")
 
-    def _hash_piece(self, piece: bytes) -> None:
+    def _write_piece(self, piece: bytes) -> None:
         self.length += len(piece)
         if self.max_size is not None and self.length > self.max_size:
             raise BufferTooLarge(
                 f"buffer is larger than the node's maximum buffer size ({self.max_size} bytes)"
             )
         self._hasher.update(piece)
-
-    def feed(self, chunk: bytes) -> None:
-        """Hash and write one chunk of the body, as received."""
         assert self._fd is not None, "write already finished"
-        if self._decompressor is not None:
-            self._decompressor.feed(chunk)
-        else:
-            self._hash_piece(chunk)
-        view = memoryview(chunk)
+        view = memoryview(piece)
         try:
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError as exc:
             raise_for_oserror(exc, "writing a buffer")
-        self.stored_length += len(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        """Hash and write one chunk of the body, as received."""
+        if self._decompressor is not None:
+            self._decompressor.feed(chunk)
+        else:
+            self._write_piece(chunk)
 
     def verify(self) -> None:
         """Finish decoding and compare the digest with the claimed checksum."""
@@ -117,8 +120,6 @@ class PendingWrite:
         os.close(fd)
         try:
             created_dir = _ensure_directory(location.directory)
-            if self.encoding is not None:
-                _write_sidecar(location, self.length, os.path.dirname(self.tmp_path), self.fsync)
             os.rename(self.tmp_path, location.path)
             if self.fsync:
                 fsync_directory(location.directory)
@@ -149,23 +150,10 @@ def _ensure_directory(path: str) -> bool:
         os.mkdir(path, 0o755)
     except FileExistsError:
         if os.path.islink(path) or not os.path.isdir(path):
-            raise StoreError(f"store shard {path!r} is not a plain directory") from None
+            log.error("store shard %s is not a plain directory; run seamless-node fsck", path)
+            raise StoreError(
+                "the buffer store is damaged (a shard directory is not a plain directory); "
+                "the operator should run seamless-node fsck"
+            ) from None
         return False
     return True
-
-
-def _write_sidecar(location: BufferLocation, length: int, tmp_dir: str, fsync: bool) -> None:
-    base = location.filename
-    for suffix in (".zst", ".gz"):
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-    final = os.path.join(location.directory, base + LENGTH_SIDECAR_SUFFIX)
-    tmp = os.path.join(tmp_dir, f"{base}.len.{secrets.token_hex(6)}")
-    fd = os.open(tmp, _OPEN_FLAGS, 0o644)
-    try:
-        os.write(fd, str(length).encode())
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, final)

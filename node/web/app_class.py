@@ -69,11 +69,26 @@ def needs_close(request: Request) -> bool:
 
 
 class FlowControlledConnection(TrioASGIHTTPConnection):
+    """Also fixes quart-trio's handling of ``http.disconnect``: hypercorn sends it as soon
+    as the last byte of the response is out, while the handler's final ``send`` is still
+    returning through hypercorn, which restarts the connection's keep-alive timer there.
+    Cancelling the handler at that moment (as quart-trio does) cancels that restart, and
+    the connection is then never timed out. So a disconnect cancels the handler only
+    while its response is still incomplete."""
+
+    _response_complete = False
+
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         request = self._create_request_from_scope(send)
+
+        async def tracking_send(message: dict) -> None:  # type: ignore[type-arg]
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self._response_complete = True
+            await send(message)  # type: ignore[arg-type]
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.handle_messages, nursery, request, receive)
-            nursery.start_soon(self.handle_request, nursery, request, send)
+            nursery.start_soon(self.handle_request, nursery, request, tracking_send)
         body = request.body
         if isinstance(body, FlowControlledBody) and not body._complete.is_set():
             await _drain(receive)
@@ -93,7 +108,8 @@ class FlowControlledConnection(TrioASGIHTTPConnection):
                         await body.wait_drained()
             elif message["type"] == "http.disconnect":
                 break
-        nursery.cancel_scope.cancel()
+        if not self._response_complete:
+            nursery.cancel_scope.cancel()
 
 
 async def _drain(receive: ASGIReceiveCallable) -> None:

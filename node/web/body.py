@@ -100,3 +100,5 @@ async def read_json(request: Request, limits: BodyLimits) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON body: nested too deeply") from None

@@ -5,6 +5,8 @@ Fixtures using these are in conftest.py."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import zstandard
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "buffer_client_driver.py"
@@ -43,6 +46,25 @@ def stored_path(directory: Path, checksum: str, layout: str, encoding: str | Non
     suffix = {None: "", "zstd": ".zst", "gzip": ".gz"}[encoding]
     base = directory / checksum[:2] if layout == "prefix" else directory
     return base / (checksum + suffix)
+
+
+def place_compressed(
+    directory: Path, data: bytes, encoding: str, layout: str = "prefix", *, sidecar: bool = True
+) -> Path:
+    """Put *data* into a buffer directory compressed, as upstream hashserver leaves a
+    compressed upload (the node itself stores every buffer plain): ``<checksum>.zst`` or
+    ``.gz``, mode 0444, and a ``<checksum>.BUFFERLENGTH`` sidecar with the decompressed
+    length, unless *sidecar* is false (a file copied in by hand). Returns its path."""
+    checksum = hashlib.sha256(data).hexdigest()
+    body = zstandard.ZstdCompressor().compress(data) if encoding == "zstd" else gzip.compress(data)
+    path = stored_path(directory, checksum, layout, encoding)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    path.chmod(0o444)
+    if sidecar:
+        sidecar_path = stored_path(directory, checksum, layout).with_name(checksum + ".BUFFERLENGTH")
+        sidecar_path.write_text(str(len(data)))
+    return path
 
 
 #: Only the role under test: these tests must not depend on which other roles are built.

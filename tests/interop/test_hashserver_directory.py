@@ -2,10 +2,13 @@
 
 (a) hashserver writes a directory (plain uploads and uploads with Content-Encoding zstd or
 gzip, which it stores as ``.zst`` / ``.gz`` files with a ``.BUFFERLENGTH`` sidecar); it is
-stopped; a node opened on that directory serves every buffer byte-exactly, decompressed for
-a client that does not accept the stored encoding.
+stopped; a node opened on that directory serves every buffer byte-exactly: decompressed for
+a client that does not accept the stored encoding, as stored (with Content-Encoding) for
+one that does.
 
-(b) a node writes a directory; it is stopped; hashserver serves every buffer from it.
+(b) a node writes a directory; it is stopped; hashserver serves every buffer from it. The
+node decompresses a compressed upload on the way in, so its directory holds only plain
+files (no ``.zst`` / ``.gz``, no sidecars), which hashserver serves plain.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from .support import BUFFERS_ONLY, stored_path
 class Sample:
     name: str
     data: bytes
-    encoding: str | None  # Content-Encoding of the upload, hence how the file is stored
+    encoding: str | None  # Content-Encoding of the upload (hashserver stores it so; the node plain)
 
     @property
     def checksum(self) -> str:
@@ -104,6 +107,23 @@ def assert_stored_as_uploaded(directory: Path, layout: str, items: list[Sample])
             assert int(sidecar.read_text().strip()) == len(s.data), s.name
 
 
+def assert_stored_plain(directory: Path, layout: str, items: list[Sample]) -> None:
+    """The files are where hashserver 1.1 puts them, every one plain (compressed uploads
+    decompressed by the node), read-only, and nothing compressed or sidecar anywhere."""
+    assert (directory / ".HASHSERVER_PREFIX").exists() == (layout == "prefix")
+    for s in items:
+        path = stored_path(directory, s.checksum, layout)
+        assert path.is_file(), (s.name, path)
+        assert path.read_bytes() == s.data, s.name
+        assert path.stat().st_mode & 0o777 == 0o444, s.name
+    leftovers = [
+        p.relative_to(directory)
+        for p in directory.rglob("*")
+        if p.name.endswith((".zst", ".gz", ".BUFFERLENGTH")) and ".tmp" not in p.parts
+    ]
+    assert leftovers == []
+
+
 async def wait_until_down(url: str) -> None:
     with trio.fail_after(10):
         async with httpx.AsyncClient(timeout=1) as client:
@@ -140,14 +160,16 @@ async def test_node_serves_hashserver_directory(layout, hashserver, start_node, 
         status, enc, body = await raw_get(http, url, "identity")
         assert (status, enc) == (200, None), s.name
         assert body == s.data, s.name
-        # what aiohttp (the Seamless client) sends
+        # what aiohttp (the Seamless client) sends: a gzip file goes out as stored
         status, enc, body = await raw_get(http, url, "gzip, deflate")
-        assert status == 200 and enc in (None, "gzip"), (s.name, enc)
+        expected = "gzip" if s.encoding == "gzip" else None
+        assert (status, enc) == (200, expected), (s.name, enc)
         assert decode(body, enc) == s.data, s.name
         if s.encoding is not None:
-            # a client that accepts the stored encoding may get the stored bytes as they are
+            # a client that accepts the stored encoding gets the stored bytes as they are
             status, enc, body = await raw_get(http, url, s.encoding)
-            assert status == 200 and enc in (None, s.encoding), (s.name, enc)
+            assert (status, enc) == (200, s.encoding), (s.name, enc)
+            assert body == stored_path(directory, s.checksum, layout, s.encoding).read_bytes()
             assert decode(body, enc) == s.data, s.name
 
     missing = checksum_of(b"not stored anywhere")
@@ -158,15 +180,20 @@ async def test_node_serves_hashserver_directory(layout, hashserver, start_node, 
     r = await http.get(f"{base}/{missing}")
     assert r.status_code == 404
 
-    # the node adds to the directory in the same layout; hashserver serves it afterwards
+    # the node adds to the directory in the same layout (a compressed upload as a plain
+    # file); hashserver serves both afterwards
     extra = Sample("added-by-node", os.urandom(777), None)
-    await upload_all(http, base, [extra])
-    assert stored_path(directory, extra.checksum, layout).read_bytes() == extra.data
+    extra_zstd = Sample("added-by-node-zstd", os.urandom(300) + b"e" * 30_000, "zstd")
+    await upload_all(http, base, [extra, extra_zstd])
+    for s in (extra, extra_zstd):
+        assert stored_path(directory, s.checksum, layout).read_bytes() == s.data
+    assert not stored_path(directory, extra_zstd.checksum, layout, "zstd").exists()
     node.stop()
     await wait_until_down(node.url)
     hs2 = await hashserver(directory, layout=layout, writable=False)
-    status, enc, body = await raw_get(http, f"{hs2.url}/{extra.checksum}", "identity")
-    assert (status, enc, body) == (200, None, extra.data)
+    for s in (extra, extra_zstd):
+        status, enc, body = await raw_get(http, f"{hs2.url}/{s.checksum}", "identity")
+        assert (status, enc, body) == (200, None, s.data), s.name
 
 
 # -- (b) node directory -> hashserver --------------------------------------------------------
@@ -180,20 +207,18 @@ async def test_hashserver_serves_node_directory(layout, hashserver, start_node, 
     await upload_all(http, node.buffers_url, items)
     node.stop()
     await wait_until_down(node.url)
-    assert_stored_as_uploaded(directory, layout, items)
+    assert_stored_plain(directory, layout, items)
 
     hs = await hashserver(directory, layout=layout, writable=False)
     checksums = [s.checksum for s in items]
     for s in items:
         # hashserver re-hashes plain files before sending them (400 "File corruption"
-        # otherwise) and sends compressed files as stored, with their Content-Encoding
+        # otherwise); every file is plain, so every buffer goes out plain
         status, enc, body = await raw_get(http, f"{hs.url}/{s.checksum}", "zstd, gzip")
         assert status == 200, (s.name, status, body[:200])
-        assert enc == s.encoding, s.name
-        assert decode(body, enc) == s.data, s.name
+        assert (enc, body) == (None, s.data), s.name
     missing = checksum_of(b"not stored anywhere")
     assert await query(http, hs.url, "has", checksums + [missing]) == [True] * len(items) + [False]
-    # hashserver reads the node's .BUFFERLENGTH sidecars for the compressed files
     lengths = await query(http, hs.url, "buffer-length", checksums + [missing])
     assert lengths == [len(s.data) for s in items] + [0]
 
@@ -259,10 +284,16 @@ async def test_node_and_hashserver_share_a_directory_live(hashserver, start_node
     for s in (via_hs, via_hs_zstd):
         status, enc, body = await raw_get(http, f"{node.buffers_url}/{s.checksum}", "identity")
         assert (status, enc, body) == (200, None, s.data), s.name
+    # hashserver kept the zstd upload compressed; the node sends it as stored on request
+    status, enc, body = await raw_get(http, f"{node.buffers_url}/{via_hs_zstd.checksum}", "zstd")
+    assert (status, enc) == (200, "zstd")
+    assert decode(body, enc) == via_hs_zstd.data
+    # the node stored its gzip upload plain, so hashserver sends both plain
     for s in (via_node, via_node_gzip):
+        assert stored_path(directory, s.checksum, "prefix").read_bytes() == s.data, s.name
+        assert not stored_path(directory, s.checksum, "prefix", "gzip").exists(), s.name
         status, enc, body = await raw_get(http, f"{hs.url}/{s.checksum}", "zstd, gzip")
-        assert (status, enc) == (200, s.encoding), s.name
-        assert decode(body, enc) == s.data, s.name
+        assert (status, enc, body) == (200, None, s.data), s.name
     all_cs = [s.checksum for s in (via_hs, via_hs_zstd, via_node, via_node_gzip)]
     assert await query(http, node.buffers_url, "has-now", all_cs) == [True] * 4
     assert await query(http, hs.url, "has-now", all_cs) == [True] * 4

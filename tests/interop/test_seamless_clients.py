@@ -26,7 +26,7 @@ import zstandard
 
 from tests.helpers import checksum_of, random_buffer
 
-from .support import drive_buffer_client, run_tool, seamless_env, stored_path, venv_script
+from .support import drive_buffer_client, place_compressed, run_tool, seamless_env, stored_path, venv_script
 
 #: plain 42 serialized by Seamless (protocols.md section 1)
 PLAIN_42 = b"42\n"
@@ -135,18 +135,23 @@ async def test_buffer_client_wrong_checksum_is_refused(node, http, tmp_path):
 
 
 async def test_buffer_client_reads_buffers_stored_compressed(node, http, tmp_path):
-    """Buffers uploaded with Content-Encoding are stored compressed; aiohttp accepts only
-    gzip and deflate, so the node must send the zstd one decompressed."""
+    """Compressed files in the node's directory (as hashserver leaves them; the node itself
+    stores plain files): aiohttp accepts only gzip and deflate, so the node must send the
+    zstd one decompressed, and may send the gzip one as stored."""
     stored = {}
-    for encoding, compress in (("zstd", zstandard.ZstdCompressor().compress), ("gzip", gzip.compress)):
+    for encoding, sidecar in (("zstd", True), ("gzip", False)):
         data = os.urandom(2000) + b"x" * 50_000
         cs = checksum_of(data)
-        r = await http.put(
-            f"{node.buffers_url}/{cs}", content=compress(data), headers={"Content-Encoding": encoding}
-        )
-        assert r.status_code == 200, r.text
-        assert stored_path(node.buffer_dir, cs, "prefix", encoding).exists()
+        place_compressed(node.buffer_dir, data, encoding, sidecar=sidecar)
         stored[cs] = data
+        # what the node sends for aiohttp's Accept-Encoding
+        async with http.stream(
+            "GET", f"{node.buffers_url}/{cs}", headers={"Accept-Encoding": "gzip, deflate"}
+        ) as r:
+            raw = b"".join([piece async for piece in r.aiter_raw()])
+        assert r.status_code == 200
+        assert r.headers.get("content-encoding") == ("gzip" if encoding == "gzip" else None)
+        assert (gzip.decompress(raw) if encoding == "gzip" else raw) == data
     steps = [{"op": "get", "checksum": cs} for cs in stored]
     steps.append({"op": "buffer_lengths", "checksums": list(stored)})
     results = await drive_buffer_client("client", node.buffers_url, steps, home=tmp_path / "home")
@@ -276,29 +281,35 @@ async def test_seamless_upload_then_download_directory(node, http, tmp_path):
 async def test_seamless_download_with_buffer_folder_and_url(node, http, tmp_path):
     """The "local" configuration: the node's buffer directory is read directly, the URL
     serves what the folder reader cannot (Seamless's folder reader knows only plain files,
-    so the zstd-stored buffer must come decompressed over HTTP)."""
+    so a zstd file left there by hashserver must come decompressed over HTTP). A buffer
+    uploaded to the node with Content-Encoding is a plain file, readable from the folder."""
     plain = os.urandom(12_000)
-    packed = b"stored as zstd by the node\n" * 3000
+    uploaded_zstd = b"uploaded as zstd, stored plain by the node\n" * 2000
+    packed = b"stored as zstd by hashserver\n" * 3000
     r = await http.put(f"{node.buffers_url}/{checksum_of(plain)}", content=plain)
     assert r.status_code == 200
     r = await http.put(
-        f"{node.buffers_url}/{checksum_of(packed)}",
-        content=zstandard.ZstdCompressor().compress(packed),
+        f"{node.buffers_url}/{checksum_of(uploaded_zstd)}",
+        content=zstandard.ZstdCompressor().compress(uploaded_zstd),
         headers={"Content-Encoding": "zstd"},
     )
     assert r.status_code == 200
-    assert stored_path(node.buffer_dir, checksum_of(packed), "prefix", "zstd").exists()
+    assert stored_path(node.buffer_dir, checksum_of(uploaded_zstd), "prefix").read_bytes() == uploaded_zstd
+    assert not stored_path(node.buffer_dir, checksum_of(uploaded_zstd), "prefix", "zstd").exists()
+    place_compressed(node.buffer_dir, packed, "zstd")
+    assert not stored_path(node.buffer_dir, checksum_of(packed), "prefix").exists()
     work = tmp_path / "work"
     work.mkdir()
-    (work / "plain.bin.CHECKSUM").write_text(checksum_of(plain) + "\n")
-    (work / "packed.txt.CHECKSUM").write_text(checksum_of(packed) + "\n")
+    names = {"plain.bin": plain, "uploaded.txt": uploaded_zstd, "packed.txt": packed}
+    for name, data in names.items():
+        (work / (name + ".CHECKSUM")).write_text(checksum_of(data) + "\n")
     env = seamless_env(tmp_path / "home", node.buffers_url, readonly=True, directory=node.buffer_dir)
-    download = [venv_script("seamless-download"), "-y", "plain.bin", "packed.txt"]
+    download = [venv_script("seamless-download"), "-y", *names]
     down = await run_tool(download, env=env, cwd=work)
     assert down.returncode == 0, down.stderr
     assert "Cannot download" not in down.stderr, down.stderr
-    assert (work / "plain.bin").read_bytes() == plain
-    assert (work / "packed.txt").read_bytes() == packed
+    for name, data in names.items():
+        assert (work / name).read_bytes() == data, name
 
 
 async def test_seamless_download_of_absent_buffer(node, tmp_path):
@@ -363,7 +374,8 @@ async def test_seamless_tools_share_the_node_buffer_directory(node, http, tmp_pa
     )
     assert lengths.json() == [len(copied), len(linked), len(packed)]
 
-    # the other way: buffers the node stored (one of them compressed), read by the tool
+    # the other way: buffers the node stored (one uploaded compressed, stored plain), read
+    # by the tool
     plain = os.urandom(7000)
     squeezed = b"gzip upload " * 5000
     r = await http.put(f"{node.buffers_url}/{checksum_of(plain)}", content=plain)
@@ -374,7 +386,8 @@ async def test_seamless_tools_share_the_node_buffer_directory(node, http, tmp_pa
         headers={"Content-Encoding": "gzip"},
     )
     assert r.status_code == 200
-    assert stored_path(buffer_dir, checksum_of(squeezed), "prefix", "gzip").exists()
+    assert stored_path(buffer_dir, checksum_of(squeezed), "prefix").read_bytes() == squeezed
+    assert not stored_path(buffer_dir, checksum_of(squeezed), "prefix", "gzip").exists()
     dst = tmp_path / "dst"
     dst.mkdir()
     (dst / "plain.bin.CHECKSUM").write_text(checksum_of(plain) + "\n")

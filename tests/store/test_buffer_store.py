@@ -57,19 +57,61 @@ def test_size_limit(tmp_path):
 
 
 @pytest.mark.parametrize("encoding", ["zstd", "gzip"])
-def test_compressed_upload_is_stored_compressed_and_read_decompressed(store, encoding):
+def test_compressed_upload_is_stored_decompressed(store, encoding):
     data = b"seamless " * 10000
     cs = checksum_of(data)
     assert store.put(cs, compress(data, encoding), encoding) is True
-    suffix = {"zstd": ".zst", "gzip": ".gz"}[encoding]
-    assert os.path.exists(os.path.join(store.directory, cs[:2], cs + suffix))
+    assert open(os.path.join(store.directory, cs[:2], cs), "rb").read() == data
     assert store.read(cs) == data
     assert store.lengths([cs]) == [len(data)]
+
+
+@pytest.mark.parametrize("encoding, suffix", [("zstd", ".zst"), ("gzip", ".gz")])
+def test_compressed_file_from_hashserver_served_verified(store, encoding, suffix):
+    data = b"seamless " * 10000
+    cs = checksum_of(data)
+    shard = os.path.join(store.directory, cs[:2])
+    os.makedirs(shard, exist_ok=True)
+    with open(os.path.join(shard, cs + suffix), "wb") as f:
+        f.write(compress(data, encoding))
+    assert store.read(cs) == data
+    assert store.lengths([cs]) == [len(data)]  # no sidecar: decompressed and counted
     # a client that accepts the encoding gets the stored bytes, still verified
     reader = store.open_reader(cs, {encoding})
     assert reader.send_encoding == encoding
     raw = reader.read_all()
-    assert raw != data and len(raw) < len(data)
+    assert raw == compress(data, encoding) or len(raw) < len(data)
+
+
+def test_zstd_body_without_its_frame_end_is_refused(store):
+    import zstandard
+
+    data = os.urandom(5000)
+    body = zstandard.ZstdCompressor(write_checksum=True).compress(data)
+    with pytest.raises(InvalidBody, match="truncated zstd"):
+        store.put(checksum_of(data), body[:-4], "zstd")
+    assert store.has_many([checksum_of(data)]) == [False]
+
+
+def test_gzip_body_with_trailing_garbage_is_refused(store):
+    data = os.urandom(5000)
+    with pytest.raises(InvalidBody, match="after the end"):
+        store.put(checksum_of(data), compress(data, "gzip") + b"garbage!", "gzip")
+    assert store.has_many([checksum_of(data)]) == [False]
+
+
+def test_tmp_symlink_refused_and_target_untouched(tmp_path):
+    from node.errors import StoreError
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_bytes(b"keep me")
+    root = tmp_path / "b"
+    root.mkdir()
+    os.symlink(victim, root / ".tmp")
+    with pytest.raises(StoreError, match="plain directory"):
+        BufferStore(root).open()
+    assert (victim / "precious").read_bytes() == b"keep me"
 
 
 @pytest.mark.parametrize("encoding", ["zstd", "gzip"])
