@@ -27,7 +27,7 @@ import yaml
 from .errors import ConfigError
 
 VALID_ROLES = ("buffers", "database", "jobless", "compile", "fair", "cloudless")
-BUILT_ROLES = ("buffers", "database")
+BUILT_ROLES = ("buffers", "database", "jobless")
 DEFAULT_ROLES = BUILT_ROLES
 ENV_PREFIX = "SEAMLESS_NODE__"
 

@@ -9,8 +9,9 @@ def role_classes() -> dict[str, type[Role]]:
     """Roles built in this version, by name (imported lazily to keep start-up light)."""
     from .buffers import BuffersRole
     from .database import DatabaseRole
+    from .jobless.role import JoblessRole
 
-    return {"buffers": BuffersRole, "database": DatabaseRole}
+    return {"buffers": BuffersRole, "database": DatabaseRole, "jobless": JoblessRole}
 
 
 __all__ = ["NodeContext", "Role", "role_classes"]

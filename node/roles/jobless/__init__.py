@@ -1,0 +1,1 @@
+"""The jobless role: runs transformations (see docs/jobless.md)."""

@@ -1,0 +1,80 @@
+"""JoblessRole: mounts ``/jobserver`` and ``/api/v1/jobs`` and runs the job service."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import trio
+from quart import Blueprint
+
+from ..base import NodeContext, Role
+from .backends.base import Backend
+from .gateway import Gateway
+from .service import JobService
+from .spec import Limits
+
+log = logging.getLogger("seamless_node.jobless")
+
+
+def make_backend(context: NodeContext) -> Backend:
+    cfg = context.config.jobless
+    job_root = context.config.jobs_directory
+    if cfg.backend == "dask":
+        from .backends.dask import DaskBackend
+
+        assert cfg.dask_scheduler is not None
+        return DaskBackend(cfg.dask_scheduler, job_root)
+    if cfg.backend == "slurm":
+        from .backends.slurm import SlurmBackend
+
+        return SlurmBackend(
+            job_root,
+            partition=cfg.slurm_partition,
+            header=cfg.slurm_header,
+            poll_interval=float(cfg.slurm_poll_interval),
+            python=cfg.slurm_python,
+        )
+    from .backends.local import LocalBackend
+
+    return LocalBackend(cfg.workers or os.cpu_count() or 1, job_root)
+
+
+class JoblessRole(Role):
+    name = "jobless"
+    prefix = "/jobserver"
+
+    def __init__(self, context: NodeContext) -> None:
+        super().__init__(context)
+        cfg = context.config.jobless
+        self.gateway = Gateway(context)
+        self.backend = make_backend(context)
+        limits = Limits(
+            wall_time=float(cfg.max_wall_time), memory=int(cfg.max_memory), output=int(cfg.max_output)
+        )
+        self.service = JobService(
+            self.gateway, self.backend, limits, orphan_grace=float(cfg.orphan_grace), history=cfg.history
+        )
+        metrics = context.metrics
+        for state in ("submitted", "done", "failed", "cancelled"):
+            metrics.gauge(
+                f"seamless_node_jobs_{state}_total",
+                lambda s=state: self.service.counts[s],  # type: ignore[misc]
+                f"jobs {state} since start",
+            )
+        metrics.gauge("seamless_node_jobs_active", lambda: len(self.service.active), "jobs queued or running")
+
+    def blueprints(self) -> list[Blueprint]:
+        from .routes_api import jobs_api_blueprint
+        from .routes_jobserver import jobserver_blueprint
+
+        return [jobserver_blueprint(self), jobs_api_blueprint(self)]
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await self.backend.start(nursery)
+        await nursery.start(self.service.run)
+        log.info("jobless: %s backend; jobs at /jobserver and /api/v1/jobs", self.backend.name)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+        await self.gateway.aclose()

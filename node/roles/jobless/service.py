@@ -1,0 +1,332 @@
+"""JobService: the job table, deduplication, waiters, cancellation (see states.py).
+
+One job per transformation checksum is in flight at a time: a second client asking for
+the same transformation attaches to the running job as another *waiter*. Waiters are the
+clients that want the result: an open ``/jobserver`` long-poll, or a hold taken by
+``POST /api/v1/jobs``. A soft cancel detaches one waiter (that waiter hears "cancelled");
+the job is killed when no waiter is left. A waiter that simply goes away (a long-poll
+connection closed) leaves an *orphan* job: it is killed after ``jobless.orphan_grace``
+seconds unless someone attaches again (the real client reconnects after a timeout). A
+hard cancel kills the job whatever the waiters.
+
+Each job runs as one task in the service's nursery, inside its own cancel scope: look
+up a known result; gather the inputs; run on the backend; store the result buffers;
+record the result; DONE. Cancelling the scope at any point before the record stops all
+of it, and the backend kills the job's processes on the way out.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ... import __version__
+from ...transformation import Transformation, parse_transformation
+from .backends.base import Backend
+from .gateway import Gateway, InputMissing
+from .spec import JobOutcome, Limits
+from .states import Event, IllegalTransition, JobState, next_state
+
+log = logging.getLogger("seamless_node.jobless")
+
+#: events kept per subscriber before the slowest ones are dropped
+EVENT_BUFFER = 64
+
+
+@dataclass(eq=False)
+class Waiter:
+    kind: str  # "jobserver" or "api"
+    detached: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    checksum: str
+    state: str
+    time: float
+    result: str | None = None
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    transformation: Transformation
+    origin: str
+    state: JobState = JobState.QUEUED
+    submitted: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    result: str | None = None
+    error: str | None = None
+    failure_kind: str | None = None
+    cached: bool = False
+    stats: dict[str, float] = field(default_factory=dict)
+    waiters: list[Waiter] = field(default_factory=list)
+    done: trio.Event = field(default_factory=trio.Event)
+    #: set once the job knows whether its result was already known
+    checked: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    subscribers: list[trio.MemorySendChannel[JobEvent]] = field(default_factory=list)
+
+    @property
+    def checksum(self) -> str:
+        return self.transformation.checksum
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "checksum": self.checksum,
+            "state": self.state.value,
+            "language": self.transformation.language,
+            "origin": self.origin,
+            "cached": self.cached,
+            "submitted": self.submitted,
+            "started": self.started,
+            "finished": self.finished,
+            "result": self.result,
+            "error": self.error,
+            "failure": self.failure_kind,
+            "waiters": len(self.waiters),
+            "stats": self.stats,
+        }
+
+
+class JobService:
+    def __init__(self, gateway: Gateway, backend: Backend, limits: Limits, *, orphan_grace: float = 30.0,
+                 history: int = 1000) -> None:
+        self.gateway = gateway
+        self.backend = backend
+        self.limits = limits
+        self.orphan_grace = orphan_grace
+        self.active: dict[str, Job] = {}
+        self.finished: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self.history = history
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The service's tasks (jobs, orphan timers); runs until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            for job in list(self.active.values()):
+                self._transition(job, Event.CANCEL, error="the node is shutting down")
+
+    # --------------------------------------------------------------------- queries
+
+    def get(self, checksum: str) -> Job | None:
+        return self.active.get(checksum) or self.finished.get(checksum)
+
+    def jobs(self, limit: int = 100) -> list[Job]:
+        """Active jobs first, then the most recently finished."""
+        out = list(self.active.values())
+        out += list(reversed(self.finished.values()))[: max(0, limit - len(out))]
+        return out[:limit]
+
+    # ------------------------------------------------------------------ submitting
+
+    async def submit(
+        self, transformation: dict[str, Any], tf_dunder: dict[str, Any] | None = None, *, kind: str
+    ) -> tuple[Job, Waiter]:
+        """Start (or join) the job of a transformation dict; TransformationError if invalid."""
+        tf = parse_transformation(transformation, tf_dunder)
+        job = self.active.get(tf.checksum)
+        if job is None:
+            old = self.finished.get(tf.checksum)
+            if old is not None and old.state is JobState.DONE:
+                return old, Waiter(kind)
+            job = Job(tf, origin=kind)
+            self.active[tf.checksum] = job
+            self.counts["submitted"] += 1
+            if self._nursery is None:
+                raise RuntimeError("the job service is not running")
+            self._nursery.start_soon(self._run_job, job)
+        waiter = Waiter(kind)
+        job.waiters.append(waiter)
+        return job, waiter
+
+    async def wait(self, job: Job, waiter: Waiter) -> None:
+        """Until the job ends or *waiter* is detached; a caller that goes away detaches."""
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def watch(event: trio.Event) -> None:
+                    await event.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch, job.done)
+                nursery.start_soon(watch, waiter.detached)
+        finally:
+            if not job.done.is_set() and not waiter.detached.is_set():
+                self.detach(job, waiter, explicit=False)
+
+    def detach(self, job: Job, waiter: Waiter, *, explicit: bool) -> None:
+        if waiter not in job.waiters:
+            return
+        job.waiters.remove(waiter)
+        waiter.detached.set()
+        if job.waiters or job.state.terminal:
+            return
+        if explicit:
+            self._cancel(job, "cancelled: no client waits for it any more")
+        elif self._nursery is not None:
+            self._nursery.start_soon(self._orphan_timer, job)
+
+    def cancel(self, checksum: str, *, hard: bool = False, kind: str | None = None) -> bool:
+        """Soft: detach one waiter (of *kind* if there is one); hard: kill now.
+        True if something was cancelled or detached."""
+        job = self.active.get(checksum)
+        if job is None:
+            return False
+        if hard or not job.waiters:
+            self._cancel(job, "cancelled" + (" (hard)" if hard else ""))
+            return True
+        chosen = next((w for w in job.waiters if w.kind == kind), job.waiters[0])
+        self.detach(job, chosen, explicit=True)
+        return True
+
+    async def _orphan_timer(self, job: Job) -> None:
+        await trio.sleep(self.orphan_grace)
+        if not job.waiters and not job.state.terminal:
+            self._cancel(job, f"cancelled: no client waited for it for {self.orphan_grace:g} s")
+
+    def _cancel(self, job: Job, why: str) -> None:
+        if self._transition(job, Event.CANCEL, error=why):
+            job.scope.cancel()
+            for waiter in job.waiters:
+                waiter.detached.set()
+
+    # ------------------------------------------------------------------- events
+
+    def subscribe(self, job: Job) -> trio.MemoryReceiveChannel[JobEvent]:
+        send, receive = trio.open_memory_channel[JobEvent](EVENT_BUFFER)
+        send.send_nowait(self._event(job))
+        if job.state.terminal:
+            send.close()
+        else:
+            job.subscribers.append(send)
+        return receive
+
+    @staticmethod
+    def _event(job: Job) -> JobEvent:
+        return JobEvent(job.checksum, job.state.value, time.time(), job.result, job.error)
+
+    def _transition(self, job: Job, event: Event, **values: Any) -> bool:
+        try:
+            job.state = next_state(job.state, event)
+        except IllegalTransition:
+            return False
+        for key, value in values.items():
+            setattr(job, key, value)
+        now = time.time()
+        if job.state is JobState.RUNNING:
+            job.started = now
+        if job.state.terminal:
+            job.finished = now
+            self.counts[job.state.value] += 1
+            job.done.set()
+            job.checked.set()
+            job.waiters.clear()
+            if self.active.get(job.checksum) is job:
+                del self.active[job.checksum]
+            self.finished[job.checksum] = job
+            self.finished.move_to_end(job.checksum)
+            while len(self.finished) > self.history:
+                self.finished.popitem(last=False)
+        event_value = self._event(job)
+        for send in list(job.subscribers):
+            try:
+                send.send_nowait(event_value)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                job.subscribers.remove(send)
+                send.close()
+            if job.state.terminal:
+                send.close()
+        if job.state.terminal:
+            job.subscribers.clear()
+        return True
+
+    # --------------------------------------------------------------- running a job
+
+    def _started(self, job: Job) -> None:
+        self._transition(job, Event.START)
+
+    async def _run_job(self, job: Job) -> None:
+        with job.scope:
+            try:
+                await self._compute(job)
+            except InputMissing as exc:
+                self._transition(job, Event.FAIL, error=str(exc), failure_kind="input")
+            except Exception as exc:
+                log.exception("job %s failed in the node", job.checksum)
+                self._transition(job, Event.FAIL, error=f"internal error: {exc}", failure_kind="internal")
+        if not job.state.terminal:  # cancelled from outside the state machine (shutdown)
+            self._transition(job, Event.CANCEL, error="cancelled")
+
+    async def _compute(self, job: Job) -> None:
+        tf = job.transformation
+        known = await self.gateway.lookup(tf.checksum) if self.gateway.has_database else None
+        if known is not None:
+            self._transition(job, Event.SUCCEED, result=known, cached=True)
+            return
+        job.checked.set()
+        spec = await self.gateway.build_spec(tf, self.limits)
+        outcome = await self.backend.run(spec, lambda: self._started(job))
+        if not outcome.ok:
+            job.stats = outcome.stats
+            self._transition(job, Event.FAIL, error=outcome.error, failure_kind=outcome.kind)
+            return
+        await self._finish(job, outcome)
+
+    async def _finish(self, job: Job, outcome: JobOutcome) -> None:
+        assert outcome.result is not None
+        job.stats = outcome.stats
+        started = job.started or job.submitted
+        record = {
+            "schema_version": 1,
+            "tf_checksum": job.checksum,
+            "result_checksum": outcome.result,
+            "execution_mode": "remote",
+            "remote_target": "jobserver",
+            "executor": f"seamless-node {__version__} ({self.backend.name} backend)",
+            "hostname": socket.gethostname(),
+            "started_at": _iso(started),
+            "finished_at": _iso(time.time()),
+            "wall_time_seconds": outcome.stats.get("wall_time_seconds"),
+            "cpu_time_user_seconds": outcome.stats.get("cpu_user_seconds"),
+            "cpu_time_system_seconds": outcome.stats.get("cpu_system_seconds"),
+            "memory_peak_bytes": outcome.stats.get("memory_peak_bytes"),
+        }
+        await self.gateway.store(outcome.buffers)
+        await self.gateway.record(job.checksum, outcome.result, record)
+        self._transition(job, Event.SUCCEED, result=outcome.result)
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def record_runtime(job: Job) -> dict[str, Any]:
+    """The ``record_runtime`` a seamless-jobserver answers with."""
+    started = job.started or job.submitted
+    finished = job.finished or time.time()
+    return {
+        "started_at": _iso(started),
+        "finished_at": _iso(finished),
+        "wall_time_seconds": job.stats.get("wall_time_seconds", round(finished - started, 6)),
+        "cpu_user_seconds": job.stats.get("cpu_user_seconds", 0.0),
+        "cpu_system_seconds": job.stats.get("cpu_system_seconds", 0.0),
+        "memory_peak_bytes": job.stats.get("memory_peak_bytes"),
+        "gpu_memory_peak_bytes": None,
+    }

@@ -1,0 +1,100 @@
+"""Helpers for job tests: transformation dicts, uploads, job processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import httpx
+import psutil
+import trio
+
+from node import celltypes
+
+JOBLESS = {"roles": ["buffers", "database", "jobless"]}
+
+
+def buffer_of(value: Any, celltype: str) -> tuple[str, bytes]:
+    data = celltypes.serialize(value, celltype)
+    return hashlib.sha256(data).hexdigest(), data
+
+
+class Transformations:
+    """Builds transformation dicts and remembers the buffers they need."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, bytes] = {}
+
+    def add(self, value: Any, celltype: str) -> str:
+        cs, data = buffer_of(value, celltype)
+        self.buffers[cs] = data
+        return cs
+
+    def python(self, code: str, output: str = "mixed", **pins: Any) -> dict[str, Any]:
+        tf: dict[str, Any] = {
+            "__language__": "python",
+            "__output__": ["result", output, None],
+            "code": ["python", "transformer", self.add(code, "python")],
+        }
+        for name, value in pins.items():
+            celltype = "mixed"
+            if isinstance(value, tuple):
+                value, celltype = value
+            tf[name] = [celltype, None, self.add(value, celltype)]
+        return tf
+
+    def bash(self, script: str, output: str = "bytes", **pins: Any) -> dict[str, Any]:
+        tf: dict[str, Any] = {
+            "__language__": "bash",
+            "__output__": ["result", output, None],
+            "code": ["text", None, self.add(script, "text")],
+        }
+        for name, value in pins.items():
+            celltype = "bytes" if isinstance(value, bytes) else "str"
+            if isinstance(value, tuple):
+                value, celltype = value
+            tf[name] = [celltype, None, self.add(value, celltype)]
+        return tf
+
+    async def upload(self, client: httpx.AsyncClient, url: str) -> None:
+        for cs, data in self.buffers.items():
+            r = await client.put(f"{url}/buffers/{cs}", content=data)
+            assert r.status_code in (200, 201), r.text
+
+
+def workers() -> list[psutil.Process]:
+    """The pool's worker processes started by this (test) process."""
+    found = []
+    for proc in psutil.Process().children():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and "backends.worker" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def job_processes() -> list[psutil.Process]:
+    """Descendants of this process that are job processes (not the pool's workers)."""
+    found = []
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "node.roles.jobless.backends.worker" in cmdline and proc.ppid() == os.getpid():
+            continue
+        found.append(proc)
+    return found
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> float:  # noqa: ASYNC109
+    """Poll *predicate* until true; return the seconds it took (fail after *timeout*)."""
+    start = trio.current_time()
+    with trio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - polling the OS, not a trio condition
+            await trio.sleep(interval)
+    return trio.current_time() - start
