@@ -91,6 +91,21 @@ def job_processes() -> list[psutil.Process]:
     return found
 
 
+def processes_matching(*words: str) -> list[psutil.Process]:
+    """Live processes on this machine whose command line contains one of *words*."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            cmdline = " ".join(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if any(word in cmdline for word in words):
+            found.append(proc)
+    return found
+
+
 async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> float:  # noqa: ASYNC109
     """Poll *predicate* until true; return the seconds it took (fail after *timeout*)."""
     start = trio.current_time()
