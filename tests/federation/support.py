@@ -1,0 +1,33 @@
+"""Helpers for federation tests: identities and links."""
+
+from __future__ import annotations
+
+from node.federation.identity import NodeIdentity
+from node.federation.links import Link, SignedLink, parse_grant_spec, sign_link
+
+T0 = 1_800_000_000
+
+
+def make_link(
+    issuer: NodeIdentity,
+    subject: str,
+    caps: str = "buffers:read",
+    *,
+    serial: int = 1,
+    not_before: int = T0 - 3600,
+    not_after: int = T0 + 86400,
+    limits: dict[str, int] | None = None,
+    endpoints: tuple[str, ...] = (),
+    issued_at: int | None = None,
+) -> SignedLink:
+    link = Link(
+        issuer=issuer.node_id,
+        subject=subject,
+        grants=parse_grant_spec(caps, limits),
+        not_before=not_before,
+        not_after=not_after,
+        serial=serial,
+        issued_at=not_before if issued_at is None else issued_at,
+        subject_endpoints=endpoints,
+    )
+    return sign_link(link, issuer)
