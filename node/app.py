@@ -26,6 +26,7 @@ from .roles import NodeContext, Role, role_classes
 from .store.buffers import BufferStore
 from .store.service import BufferService
 from .web.app_class import NodeApp, needs_close
+from .web.fastpath import FastPath
 
 log = logging.getLogger("seamless_node")
 
@@ -39,6 +40,8 @@ class Node:
     app: NodeApp
     context: NodeContext
     roles: list[Role]
+    #: what hypercorn serves: the fast routes in front of the Quart app
+    asgi: FastPath
 
 
 def build_node(config: NodeConfig) -> Node:
@@ -66,7 +69,8 @@ def build_node(config: NodeConfig) -> Node:
         for blueprint in role.blueprints():
             app.register_blueprint(blueprint)
     _install_common_routes(app, node_roles=roles, metrics=metrics, started=time.time())
-    return Node(config, app, context, roles)
+    fast = [r for role in roles for r in role.fast_routes()]
+    return Node(config, app, context, roles, FastPath(app, fast, metrics))
 
 
 def _install_common_routes(app: NodeApp, *, node_roles: list[Role], metrics: Metrics, started: float) -> None:
@@ -136,7 +140,7 @@ async def serve_node(config: NodeConfig, *, task_status: trio.TaskStatus[list[st
             await node.context.buffers.open(nursery)
             for role in node.roles:
                 await role.start(nursery)
-            urls = await nursery.start(serve, node.app, hypercorn_config(config))
+            urls = await nursery.start(serve, node.asgi, hypercorn_config(config))
             task_status.started(urls)
     finally:
         with trio.CancelScope(shield=True):

@@ -20,6 +20,7 @@ from ..metrics import Metrics
 from ..store.service import BufferService
 
 if TYPE_CHECKING:
+    from ..web.fastpath import FastRoute
     from ..store.mapping_service import MappingService
 
 
@@ -43,6 +44,10 @@ class Role(abc.ABC):
     @abc.abstractmethod
     def blueprints(self) -> list[Blueprint]:
         """The routes of this role, each blueprint with its own url_prefix."""
+
+    def fast_routes(self) -> list["FastRoute"]:
+        """Hot routes served below Quart (see node.web.fastpath); none by default."""
+        return []
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start background tasks; called once the store is open."""

@@ -1,7 +1,8 @@
 """The buffers role: Seamless's hashserver 1.1 protocol at ``/buffers``.
 
 Every route translates HTTP into one call on the BufferService and back; the logic lives
-in the store. Answers follow hashserver (see docs/api.md), minus its bugs: a compressed
+in the store. GET and PUT of one buffer, nearly all of a buffer server's traffic, are
+fast routes served below Quart (node.web.fastpath); the rest are Quart routes. Answers follow hashserver (see docs/api.md), minus its bugs: a compressed
 body is sent only to a client whose Accept-Encoding lists the encoding, ``/buffer-length``
 never answers ``true``, and promise waits end with the node.
 """
@@ -16,7 +17,10 @@ from quart import Blueprint, Response, request
 from ..checksum import parse_checksum, parse_checksum_list
 from ..store.compression import accepted_encodings, parse_content_encoding
 from ..store.service import PutOutcome, SmallBuffer
-from ..web.body import BodyLimits, body_chunks, declared_length, read_json
+from ..web.body import BodyLimits, read_json
+from ..web.fastpath import FastRoute, route
+from ..web.fastpath import Request as FastRequest
+from ..web.fastpath import Response as FastResponse
 from .base import Role
 
 log = logging.getLogger("seamless_node.buffers")
@@ -52,11 +56,53 @@ class BuffersRole(Role):
         value = await read_json(request, self.query_limits)
         return parse_checksum_list(value, max_items=self.context.config.buffers.max_batch_count)
 
+    def fast_routes(self) -> list[FastRoute]:
+        return [
+            route("GET", r"/buffers/(?!(?:has|has-now|buffer-length|healthcheck)$)([^/]*)", self.get_buffer),
+            route("PUT", r"/buffers/([^/]*)", self.put_buffer),
+        ]
+
+    async def get_buffer(self, request: FastRequest) -> FastResponse:
+        checksum = parse_checksum(request.match.group(1))
+        service = self.context.buffers
+        found = await service.get(checksum, accepted_encodings(request.headers.get("accept-encoding")))
+        if found is None:
+            return FastResponse(404, b"Not found")
+        headers = {"Content-Encoding": found.encoding} if found.encoding else {}
+        if isinstance(found, SmallBuffer):
+            self.context.metrics.inc("seamless_node_buffer_bytes_sent_total", len(found.data))
+            return FastResponse(200, found.data, headers, "application/octet-stream")
+        if found.content_length is not None:
+            headers["Content-Length"] = str(found.content_length)
+            self.context.metrics.inc("seamless_node_buffer_bytes_sent_total", found.content_length)
+        return FastResponse(200, found, headers, "application/octet-stream")
+
+    async def put_buffer(self, request: FastRequest) -> FastResponse:
+        checksum = parse_checksum(request.match.group(1))
+        service = self.context.buffers
+        cfg = self.context.config.buffers
+        if service.readonly:
+            return FastResponse(405, b"this node's buffer store is read-only")
+        encoding = parse_content_encoding(request.headers.get("content-encoding"))
+        length = request.content_length
+        if encoding is None and length is not None and length > cfg.max_buffer_size:
+            message = (
+                f"buffer of {length} bytes is over this node's maximum buffer size "
+                f"({cfg.max_buffer_size} bytes)"
+            )
+            return FastResponse(413, message.encode())
+        outcome = await service.put_stream(
+            checksum, request.body(self.upload_limits), encoding=encoding, expected_size=length
+        )
+        if outcome is PutOutcome.CREATED:
+            self.context.metrics.inc("seamless_node_buffers_stored_total")
+            if length:
+                self.context.metrics.inc("seamless_node_buffer_bytes_received_total", length)
+        return FastResponse(_OUTCOME_STATUS[outcome], b"OK")
+
     def blueprints(self) -> list[Blueprint]:
         bp = Blueprint("buffers", __name__, url_prefix=self.prefix)
         service = self.context.buffers
-        metrics = self.context.metrics
-        cfg = self.context.config.buffers
 
         @bp.route("/healthcheck", methods=["GET"])
         async def healthcheck() -> Response:
@@ -82,50 +128,6 @@ class BuffersRole(Role):
                 return Response("this node's buffer store is read-only", status=405)
             ttl = service.pending.promise(checksum)
             return json_response({"checksum": checksum, "expires_in": ttl}, status=202)
-
-        @bp.route("/<checksum>", methods=["GET"])
-        async def get_buffer(checksum: str) -> Response:
-            parse_checksum(checksum)
-            found = await service.get(checksum, accepted_encodings(request.headers.get("Accept-Encoding")))
-            if found is None:
-                return Response("Not found", status=404, content_type="text/plain")
-            headers = {"Content-Type": "application/octet-stream"}
-            if found.encoding:
-                headers["Content-Encoding"] = found.encoding
-            if isinstance(found, SmallBuffer):
-                metrics.inc("seamless_node_buffer_bytes_sent_total", len(found.data))
-                return Response(found.data, headers=headers)
-            if found.content_length is not None:
-                headers["Content-Length"] = str(found.content_length)
-                metrics.inc("seamless_node_buffer_bytes_sent_total", found.content_length)
-            response = Response(found.__aiter__(), headers=headers)
-            response.timeout = None  # a large download may take as long as it takes
-            return response
-
-        @bp.route("/<checksum>", methods=["PUT"])
-        async def put_buffer(checksum: str) -> Response:
-            parse_checksum(checksum)
-            if service.readonly:
-                return Response("this node's buffer store is read-only", status=405)
-            encoding = parse_content_encoding(request.headers.get("Content-Encoding"))
-            length = declared_length(request)
-            if encoding is None and length is not None and length > cfg.max_buffer_size:
-                return Response(
-                    f"buffer of {length} bytes is over this node's maximum buffer size "
-                    f"({cfg.max_buffer_size} bytes)",
-                    status=413,
-                )
-            outcome = await service.put_stream(
-                checksum,
-                body_chunks(request, self.upload_limits),
-                encoding=encoding,
-                expected_size=length,
-            )
-            if outcome is PutOutcome.CREATED:
-                metrics.inc("seamless_node_buffers_stored_total")
-                if length:
-                    metrics.inc("seamless_node_buffer_bytes_received_total", length)
-            return Response("OK", status=_OUTCOME_STATUS[outcome], content_type="text/plain")
 
         # seamless-transformer's `seamless-upload` checks for existing buffers at
         # <scheme>://<host>:<port>/has, dropping the base URL's path; answering there too

@@ -44,6 +44,14 @@ class FlowControlledBody(TrioBody):
         super().set_complete()
         self._drained.set()
 
+    #: set once the answer starts: the handler will read no more, so the rest is discarded
+    abandoned = False
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self._data.clear()
+        self._drained.set()
+
     @property
     def buffered(self) -> int:
         return len(self._data)
@@ -82,6 +90,12 @@ class FlowControlledConnection(TrioASGIHTTPConnection):
         request = self._create_request_from_scope(send)
 
         async def tracking_send(message: dict) -> None:  # type: ignore[type-arg]
+            if message["type"] == "http.response.start" and isinstance(request.body, FlowControlledBody):
+                # from here on the body is only pulled and dropped, never held back: the
+                # answer's completion makes hypercorn queue a disconnect message for us,
+                # which must not wait behind unread body messages
+                if not request.body._complete.is_set():
+                    request.body.abandon()
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 self._response_complete = True
             await send(message)  # type: ignore[arg-type]
@@ -100,11 +114,13 @@ class FlowControlledConnection(TrioASGIHTTPConnection):
         while True:
             message = await receive()
             if message["type"] == "http.request":
-                body.append(message.get("body", b""))
+                abandoned = isinstance(body, FlowControlledBody) and body.abandoned
+                if not abandoned:
+                    body.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     body.set_complete()
                 elif isinstance(body, FlowControlledBody):
-                    while body.buffered > HIGH_WATER:
+                    while body.buffered > HIGH_WATER and not body.abandoned:
                         await body.wait_drained()
             elif message["type"] == "http.disconnect":
                 break

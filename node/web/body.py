@@ -57,11 +57,16 @@ def check_declared_length(request: Request, max_bytes: int | None) -> int | None
 
 
 async def body_chunks(request: Request, limits: BodyLimits) -> AsyncIterator[bytes]:
-    """Yield the raw body in the chunks received, enforcing *limits*."""
+    """Yield the raw body of a Quart request in the chunks received, enforcing *limits*."""
     check_declared_length(request, limits.max_bytes)
+    async for chunk in limited(request.body.__aiter__(), limits):
+        yield chunk
+
+
+async def limited(iterator: AsyncIterator[bytes], limits: BodyLimits) -> AsyncIterator[bytes]:
+    """Pass chunks through, enforcing the size cap, idle timeout and minimum rate."""
     started = trio.current_time()
     total = 0
-    iterator = request.body.__aiter__()
     while True:
         with trio.move_on_after(limits.idle_timeout) as scope:
             try:
