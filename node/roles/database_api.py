@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Request, Response, request
 
 from ..errors import NodeError
-from ..store.mapping_requests import PROTOCOL, MalformedRequest, parse_query, parse_update
-from .database import read_request
+from ..store.mapping_requests import PROTOCOL, MalformedRequest, check_depth, parse_query, parse_update
+from ..web.body import BodyLimits, read_json
 
 if TYPE_CHECKING:
     from .database import DatabaseRole
@@ -35,6 +35,16 @@ T = TypeVar("T")
 
 class BatchTooLarge(NodeError):
     http_status = 413
+
+
+async def read_request(request: Request, limits: BodyLimits) -> object:
+    """The JSON body of a database request, refused (400) when too deeply nested."""
+    try:
+        body = await read_json(request, limits)
+    except RecursionError:
+        raise MalformedRequest("Malformed request: JSON nested too deeply") from None
+    check_depth(body)
+    return body
 
 
 def json_response(value: object, status: int = 200) -> Response:

@@ -98,7 +98,11 @@ async def read_body(request: Request, limits: BodyLimits) -> bytes:
 
 async def read_json(request: Request, limits: BodyLimits) -> Any:
     """The body decoded as JSON; BadRequest (400) with a clear message otherwise."""
-    raw = await read_body(request, limits)
+    return decode_json(await read_body(request, limits))
+
+
+def decode_json(raw: bytes) -> Any:
+    """A request body decoded as JSON; BadRequest (400) with a clear message otherwise."""
     if not raw.strip():
         raise BadRequest("expected a JSON body, got an empty one")
     try:
