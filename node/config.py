@@ -82,10 +82,15 @@ def parse_seconds(value: object) -> Seconds:
 class NodeSection:
     """Where the node listens and keeps its data."""
 
+    #: address to bind; anything but loopback exposes the node to the network
     host: str = "127.0.0.1"
+    #: port to bind; 0 picks a free one (the node prints the URL it bound)
     port: int = 5533
+    #: where the node keeps its buffers, database and keys
     data_dir: str = "./seamless-data"
+    #: roles to run (buffers, database, jobless, compile, fair, cloudless); default: every built role
     roles: tuple[str, ...] = DEFAULT_ROLES
+    #: debug, info, warning or error
     log_level: str = "info"
     #: seconds that open connections get to finish on shutdown
     shutdown_grace: Seconds = Seconds(2.0)
@@ -104,17 +109,23 @@ class BuffersSection:
     extra_dirs: tuple[str, ...] = ()
     #: prefix or flat; default: detected from the directory (prefix for a new one)
     layout: str | None = None
+    #: refuse writes (405); serve what is there
     readonly: bool = False
+    #: larger uploads are refused with 413 (decompressed size for compressed uploads)
     max_buffer_size: Size = Size(64 * 1024**3)
     #: writes are refused (507) when they would leave less free disk than this
     reserve_free_bytes: Size = Size(64 * 1024**2)
+    #: an upload that sends no byte for this long is ended with 408
     upload_idle_timeout: Seconds = Seconds(30.0)
     #: minimum average upload rate (bytes/s) once upload_grace has passed
     upload_min_rate: Size = Size(16 * 1024)
+    #: seconds before upload_min_rate applies
     upload_grace: Seconds = Seconds(10.0)
+    #: how long a promised buffer (PUT /buffers/promise/<cs>) counts as present
     promise_ttl: Seconds = Seconds(600.0)
     #: worker threads for store I/O
     threads: int = 8
+    #: fsync each buffer and its directory before acknowledging (off only for scratch stores)
     fsync: bool = True
     #: most checksums in one batched request (/has, multi-get)
     max_batch_count: int = 100_000
