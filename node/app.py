@@ -21,6 +21,7 @@ from quart import Response, request
 from . import __version__
 from .config import NodeConfig
 from .errors import NodeError
+from .federation.service import federation_enabled
 from .metrics import Metrics
 from .roles import NodeContext, Role, role_classes
 from .store.buffers import BufferStore
@@ -60,6 +61,10 @@ def build_node(config: NodeConfig) -> Node:
     context = NodeContext(config=config, buffers=service, metrics=metrics)
     classes = role_classes()
     roles = [classes[name](context) for name in config.node.roles]
+    if federation_enabled(config):
+        from .federation.service import FederationService
+
+        context.federation = FederationService(context)
 
     app = NodeApp("seamless_node")
     app.config["MAX_CONTENT_LENGTH"] = None  # the node enforces its own limits per route
@@ -67,6 +72,11 @@ def build_node(config: NodeConfig) -> Node:
     app.config["RESPONSE_TIMEOUT"] = None
     for role in roles:
         for blueprint in role.blueprints():
+            app.register_blueprint(blueprint)
+    if context.federation is not None:
+        from .federation.routes import federation_blueprints
+
+        for blueprint in federation_blueprints(context.federation):
             app.register_blueprint(blueprint)
     _install_common_routes(app, node_roles=roles, metrics=metrics, started=time.time())
     fast = [r for role in roles for r in role.fast_routes()]
@@ -134,15 +144,26 @@ def hypercorn_config(config: NodeConfig) -> HypercornConfig:
 
 async def serve_node(config: NodeConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the node until cancelled; report the bound base URLs to ``task_status``."""
-    node = build_node(config)
+    await run_node(build_node(config), task_status=task_status)
+
+
+async def run_node(
+    node: Node, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve a built node until cancelled (tests build it first to reach its context)."""
+    federation = node.context.federation
     try:
         async with trio.open_nursery() as nursery:
             await node.context.buffers.open(nursery)
             for role in node.roles:
                 await role.start(nursery)
-            urls = await nursery.start(serve, node.asgi, hypercorn_config(config))
+            if federation is not None:
+                await federation.start(nursery)
+            urls = await nursery.start(serve, node.asgi, hypercorn_config(node.config))
             task_status.started(urls)
     finally:
         with trio.CancelScope(shield=True):
+            if federation is not None:
+                await federation.aclose()
             for role in node.roles:
                 await role.aclose()

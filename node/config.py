@@ -185,11 +185,64 @@ class JoblessSection:
 
 
 @dataclass(frozen=True)
+class PeerConfig:
+    """One peer node (an entry of ``federation.peers`` or of the peers file)."""
+
+    #: the peer's node id (printed by its `seamless-node keygen`)
+    node_id: str
+    #: a short label for logs, metrics and `seamless-node peers`
+    name: str = ""
+    #: base URLs of the peer, tried in order; default: the endpoints in the links we issued it
+    urls: tuple[str, ...] = ()
+    #: link files: the grants we issued to the peer and the grants it issued to us
+    links: tuple[str, ...] = ()
+    #: fetch missing buffers from this peer; default: federation.fetch_buffers
+    fetch_buffers: bool | None = None
+
+
+@dataclass(frozen=True)
+class FederationSection:
+    """Signed links with nodes at other sites (see docs/federation.md, peers.example.yaml)."""
+
+    #: auto: on when the key file exists; true: refuse to start without a key; false: off
+    enabled: str = "auto"
+    #: the node's private key; default: <data_dir>/node.key
+    key_file: str | None = None
+    #: peers listed in their own file, re-read when it changes; default: <data_dir>/peers.yaml
+    peers_file: str | None = None
+    #: peers listed here, in the node's configuration
+    peers: tuple[PeerConfig, ...] = ()
+    #: revoked links and keys, re-read when it changes; default: <data_dir>/revocations.yaml
+    revocations_file: str | None = None
+    #: GET /buffers/<cs> of a missing buffer fetches it from a peer that has it
+    fetch_buffers: bool = True
+    #: a peer fetch that delivers no byte for this long is abandoned (the next holder is tried)
+    fetch_idle_timeout: Seconds = Seconds(10.0)
+    #: minimum average rate of a peer fetch (bytes/s) once fetch_grace has passed
+    fetch_min_rate: Size = Size(256 * 1024)
+    fetch_grace: Seconds = Seconds(5.0)
+    #: connect and answer timeout of small requests to peers
+    request_timeout: Seconds = Seconds(10.0)
+    #: how long a peer's "I have it" / "I do not have it" answer is remembered
+    presence_ttl: Seconds = Seconds(60.0)
+    absence_ttl: Seconds = Seconds(5.0)
+    #: a peer that served wrong bytes is not asked again for this long
+    bad_peer_cooldown: Seconds = Seconds(300.0)
+    #: peers are pinged this often (reachable?, last seen)
+    probe_interval: Seconds = Seconds(30.0)
+    #: signed requests more than this far from our clock are refused
+    max_clock_skew: Seconds = Seconds(60.0)
+    #: transformations unknown here are looked up at peers granting results:read
+    lookup_results: bool = True
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     buffers: BuffersSection = field(default_factory=BuffersSection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
     jobless: JoblessSection = field(default_factory=JoblessSection)
+    federation: FederationSection = field(default_factory=FederationSection)
 
     @property
     def buffer_directory(self) -> str:
@@ -202,6 +255,23 @@ class NodeConfig:
     @property
     def jobs_directory(self) -> str:
         return self.jobless.jobs_dir or os.path.join(self.node.data_dir, "jobs")
+
+    @property
+    def key_file(self) -> str:
+        return self.federation.key_file or os.path.join(self.node.data_dir, "node.key")
+
+    @property
+    def peers_file(self) -> str:
+        return self.federation.peers_file or os.path.join(self.node.data_dir, "peers.yaml")
+
+    @property
+    def revocations_file(self) -> str:
+        return self.federation.revocations_file or os.path.join(self.node.data_dir, "revocations.yaml")
+
+    @property
+    def federation_directory(self) -> str:
+        """Federation state (nonces, claims, peer status): <data_dir>/federation."""
+        return os.path.join(self.node.data_dir, "federation")
 
 
 _SECTION_TYPES = typing.get_type_hints(NodeConfig)
@@ -244,6 +314,8 @@ def _coerce(hint: Any, value: object, *, from_text: bool) -> object:
         if isinstance(value, str):
             return value
         raise ValueError(f"expected a string, got {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return coerce_record(hint, value, from_text=from_text)
     if origin is tuple:
         if from_text and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -252,6 +324,29 @@ def _coerce(hint: Any, value: object, *, from_text: bool) -> object:
         (item_hint, _ellipsis) = typing.get_args(hint)
         return tuple(_coerce(item_hint, v, from_text=from_text) for v in value)
     raise ValueError(f"unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def coerce_record(hint: Any, value: object, *, from_text: bool = False) -> object:
+    """A mapping (from YAML) -> the dataclass *hint*, every field checked like a setting."""
+    if not isinstance(value, dict):
+        names = ", ".join(f.name for f in dataclasses.fields(hint))
+        raise ValueError(f"expected a mapping of {names}, got {value!r}")
+    fields = typing.get_type_hints(hint)
+    unknown = [str(k) for k in value if k not in fields]
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(fields)})")
+    required = [f.name for f in dataclasses.fields(hint)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in value]
+    if missing:
+        raise ValueError(f"missing field(s) {', '.join(missing)}")
+    values = {}
+    for key, item in value.items():
+        try:
+            values[key] = _coerce(fields[key], item, from_text=from_text)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    return hint(**values)
 
 
 def _section_fields(section: str) -> dict[str, Any]:
@@ -341,7 +436,33 @@ def validate(config: NodeConfig) -> NodeConfig:
     if config.database.synchronous not in ("normal", "full"):
         raise ConfigError(f"database.synchronous must be normal or full, got {config.database.synchronous!r}")
     _validate_jobless(config.jobless)
+    _validate_federation(config.federation)
     return config
+
+
+def _validate_federation(cfg: FederationSection) -> None:
+    if cfg.enabled not in ("auto", "true", "false"):
+        raise ConfigError(f"federation.enabled must be auto, true or false, got {cfg.enabled!r}")
+    if not 1 <= cfg.max_clock_skew <= 600:
+        raise ConfigError("federation.max_clock_skew must be between 1 and 600 seconds")
+    seen: set[str] = set()
+    for peer in cfg.peers:
+        problem = peer_problem(peer)
+        if problem:
+            raise ConfigError(f"federation.peers: {problem}")
+        if peer.node_id in seen:
+            raise ConfigError(f"federation.peers: node {peer.node_id} is listed twice")
+        seen.add(peer.node_id)
+
+
+def peer_problem(peer: PeerConfig) -> str | None:
+    """What is wrong with a peer entry, or None (shared with the peers file loader)."""
+    if not re.fullmatch(r"[a-z2-7]{52}", peer.node_id, re.ASCII):
+        return f"{peer.node_id!r} is not a node id (52 characters, printed by `seamless-node keygen`)"
+    for url in peer.urls:
+        if not re.fullmatch(r"https?://[^\s/?#]+/?", url, re.ASCII):
+            return f"peer {peer.name or peer.node_id}: url {url!r} must be http(s)://host[:port]"
+    return None
 
 
 def _validate_jobless(cfg: JoblessSection) -> None:

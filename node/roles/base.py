@@ -21,6 +21,8 @@ from ..store.service import BufferService
 
 if TYPE_CHECKING:
     from ..web.fastpath import FastRoute
+    from ..federation.results import ResultAnswer
+    from ..federation.service import FederationService
     from ..store.mapping_service import MappingService
 
 
@@ -31,6 +33,33 @@ class NodeContext:
     metrics: Metrics
     #: the result database, set by the database role when it runs
     mappings: "MappingService | None" = None
+    #: signed links with peers (node.federation), set by the node when federation is on
+    federation: "FederationService | None" = None
+
+    async def fetch_missing(self, checksum: str) -> bool:
+        """Fetch a buffer this node lacks from a peer that holds it (verified, stored).
+
+        True when the buffer is in the store afterwards; False at once when federation is
+        off or no peer may be asked. A role answering "not found" calls this first::
+
+            found = await service.get(checksum, ...)
+            if found is None and await self.context.fetch_missing(checksum):
+                found = await service.get(checksum, ...)
+        """
+        if self.federation is None:
+            return False
+        return await self.federation.fetch_missing(checksum)
+
+    async def lookup_result(self, transformation: str) -> "ResultAnswer | None":
+        """Look a transformation's result up at peers granting results:read (signed claims).
+
+        For a role whose own database does not know the transformation; None when no peer
+        knows it or federation is off. ``answer.trusted`` is False for a claim from a peer
+        without results:write trust here: use it for the request at hand, do not record it.
+        """
+        if self.federation is None:
+            return None
+        return await self.federation.lookup_result(transformation, include_local=False)
 
 
 class Role(abc.ABC):

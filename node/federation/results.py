@@ -1,0 +1,179 @@
+"""Result lookups across peers, answered with signed claims (security.md rule 6).
+
+Asking (``ResultLookup.lookup``), for a transformation checksum:
+
+1. the node's own result database (when the database role runs);
+2. stored claims whose signer holds ``results:write`` trust here *now* (a link this node
+   signed) and whose key is not revoked;
+3. every peer that grants this node ``results:read`` (a link the peer signed), asked
+   concurrently. Each answer must be a claim signed by that very peer, about that very
+   transformation, with a key of the peer valid at the claim's time. A peer trusted with
+   ``results:write`` here has its claim stored (with its signer); an untrusted peer's
+   claim is used for this one request only. Trusted answers win over untrusted ones.
+
+Answering (``answer``): results from the node's own database only (never relayed claims:
+trust is not transitive), each signed now by this node.
+
+Receiving (``accept_pushed``): claims a peer holding ``results:write`` pushes (e.g. the
+result of a job it ran for us), each verified as signed by that peer, then stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import trio
+
+from ..metrics import Metrics
+from ..store.mapping_requests import Query
+from .claims import Claim, ClaimStatus, ClaimStore, make_claim, parse_claim, verify_claim
+from .peers import PeerClient
+
+log = logging.getLogger("seamless_node.federation")
+
+
+@dataclass(frozen=True)
+class ResultAnswer:
+    transformation: str
+    result: str
+    source: str  # "local", "claim" (stored) or "peer"
+    signer: str | None = None
+    trusted: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "transformation": self.transformation,
+            "result": self.result,
+            "source": self.source,
+            "signer": self.signer,
+            "trusted": self.trusted,
+        }
+
+
+class ResultLookup:
+    def __init__(
+        self,
+        watcher: Any,
+        claims: ClaimStore,
+        client: PeerClient,
+        mappings: Callable[[], Any],
+        metrics: Metrics,
+        *,
+        clock: Callable[[], int],
+        timeout: float,
+        max_skew: int = 60,
+    ) -> None:
+        self.watcher = watcher
+        self.claims = claims
+        self.client = client
+        self.mappings = mappings
+        self.metrics = metrics
+        self.clock = clock
+        self.timeout = timeout
+        self.max_skew = max_skew
+        metrics.describe(
+            "seamless_node_federation_claims_total", "result claims from peers, by peer and outcome"
+        )
+
+    def trusted(self, signer: str) -> bool:
+        return bool(self.watcher.registry.incoming(signer, "results:write", self.clock()).allowed)
+
+    def check(self, claim: Claim, **expected: Any) -> ClaimStatus:
+        registry = self.watcher.registry
+        return verify_claim(
+            claim,
+            signer_keys=registry.keyset(claim.signer),
+            now=self.clock(),
+            revoked_keys=registry.revocations.keys,
+            max_skew=self.max_skew,
+            **expected,
+        )
+
+    async def local(self, transformations: list[str]) -> list[str | None]:
+        mappings = self.mappings()
+        if mappings is None:
+            return [None] * len(transformations)
+        return list(await mappings.read_many([Query("transformation", tf) for tf in transformations]))
+
+    async def stored(self, transformation: str) -> ResultAnswer | None:
+        for claim in await trio.to_thread.run_sync(self.claims.get, transformation):
+            if self.trusted(claim.signer) and self.check(claim) is ClaimStatus.VALID:
+                return ResultAnswer(transformation, claim.result, "claim", claim.signer, True)
+        return None
+
+    async def lookup(self, transformation: str, *, include_local: bool = True) -> ResultAnswer | None:
+        if include_local:
+            (result,) = await self.local([transformation])
+            if result is not None:
+                return ResultAnswer(transformation, result, "local")
+        found = await self.stored(transformation)
+        if found is not None:
+            return found
+        peers = self.watcher.registry.granting_us("results:read", self.clock())
+        answers: dict[str, Claim] = {}
+
+        async def ask(peer: str) -> None:
+            label = self.watcher.registry.peers[peer].label
+            with trio.move_on_after(self.timeout):
+                try:
+                    (doc,) = await self.client.lookup_results(peer, [transformation])
+                except Exception as exc:
+                    log.info("result lookup at %s failed: %s", label, exc)
+                    self.metrics.inc("seamless_node_federation_claims_total", peer=label, outcome="error")
+                    return
+                if doc is None:
+                    return
+                try:
+                    claim = parse_claim(doc)
+                except ValueError:
+                    status = "malformed"
+                else:
+                    status = self.check(
+                        claim, expected_signer=peer, expected_transformation=transformation
+                    ).value
+                self.metrics.inc("seamless_node_federation_claims_total", peer=label, outcome=status)
+                if status == ClaimStatus.VALID.value:
+                    answers[peer] = claim
+                else:
+                    log.warning("claim from %s refused: %s", label, status)
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(ask, peer)
+        trusted = [c for p, c in answers.items() if self.trusted(p)]
+        if trusted:
+            await trio.to_thread.run_sync(self.claims.put, trusted)
+            claim = trusted[0]
+            return ResultAnswer(transformation, claim.result, "peer", claim.signer, True)
+        for peer in peers:  # in a stable order
+            if peer in answers:
+                return ResultAnswer(transformation, answers[peer].result, "peer", peer, False)
+        return None
+
+    async def answer(self, transformations: list[str]) -> list[dict[str, Any] | None]:
+        """Signed claims for the results in our own database (for /federation/results/lookup)."""
+        results = await self.local(transformations)
+        identity, now = self.watcher.identity, self.clock()
+        return [
+            None if result is None else make_claim(identity, tf, result, now).to_document()
+            for tf, result in zip(transformations, results, strict=True)
+        ]
+
+    async def accept_pushed(self, origin: str, docs: list[Any]) -> list[str]:
+        """Store the valid claims *origin* signed; one status per claim."""
+        statuses, good = [], []
+        for doc in docs:
+            try:
+                claim = parse_claim(doc)
+            except ValueError:
+                statuses.append("malformed")
+                continue
+            status = self.check(claim, expected_signer=origin)
+            statuses.append(status.value)
+            if status is ClaimStatus.VALID:
+                good.append(claim)
+        if good:
+            await trio.to_thread.run_sync(self.claims.put, good)
+        return statuses

@@ -1,0 +1,253 @@
+"""FederationService: the node's side of federation, built once per node.
+
+It ties the parts together (files.RegistryWatcher for what is trusted, gate.Gate for
+incoming requests, peers.PeerClient for outgoing ones, locate/fetch for buffers,
+results.ResultLookup for results) and runs one background task, the prober, which pings
+every peer each ``probe_interval`` seconds (reachable?, do they accept us?) and saves what
+it saw to ``<data_dir>/federation/peers-state.json`` for ``seamless-node peers``.
+
+Enabled when ``federation.enabled`` is true, or auto and the key file exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .canonical import now as wall_clock
+from .claims import ClaimStore
+from .fetch import BufferFetcher, PeerSource
+from .files import RegistryWatcher
+from .gate import Gate
+from .locate import BadSources, Locator, PresenceCache, Source
+from .peers import PeerClient, PeerError, PeerRefused
+from .replay import NonceStore
+from .results import ResultAnswer, ResultLookup
+
+if TYPE_CHECKING:
+    from ..roles.base import NodeContext
+
+log = logging.getLogger("seamless_node.federation")
+
+
+def federation_enabled(config: Any) -> bool:
+    mode = config.federation.enabled
+    return mode == "true" or (mode == "auto" and os.path.exists(config.key_file))
+
+
+@dataclass
+class PeerStatus:
+    reachable: bool | None = None  # None: not probed yet
+    accepts_us: bool | None = None
+    last_seen: int | None = None  # last successful exchange, either direction
+    last_checked: int | None = None
+    error: str = ""
+
+
+class FederationService:
+    def __init__(self, context: "NodeContext", *, clock: Any = wall_clock) -> None:
+        config = context.config
+        cfg = config.federation
+        self.context = context
+        self.clock = clock
+        self.watcher = RegistryWatcher(config)
+        fed_dir = config.federation_directory
+        self.state_path = os.path.join(fed_dir, "peers-state.json")
+        skew = int(cfg.max_clock_skew)
+        self.nonces = NonceStore(os.path.join(fed_dir, "nonces.db"), window=skew)
+        self.claims = ClaimStore(os.path.join(fed_dir, "claims.db"))
+        self.client = PeerClient(self.watcher, timeout=float(cfg.request_timeout), clock=clock)
+        metrics = context.metrics
+        self.gate = Gate(
+            self.watcher, self.nonces, metrics, fetch_keys=self.client.keys, max_skew=skew, clock=clock
+        )
+        self.locator = Locator(
+            PresenceCache(float(cfg.presence_ttl), float(cfg.absence_ttl)),
+            BadSources(float(cfg.bad_peer_cooldown)),
+            timeout=float(cfg.request_timeout),
+        )
+        self.fetcher = BufferFetcher(
+            context.buffers,
+            self.locator,
+            self.buffer_sources,
+            metrics,
+            max_size=int(config.buffers.max_buffer_size),
+            idle_timeout=float(cfg.fetch_idle_timeout),
+            min_rate=float(cfg.fetch_min_rate),
+            grace=float(cfg.fetch_grace),
+            label=self.label,
+        )
+        self.results = ResultLookup(
+            self.watcher,
+            self.claims,
+            self.client,
+            lambda: context.mappings,
+            metrics,
+            clock=clock,
+            timeout=float(cfg.request_timeout),
+            max_skew=skew,
+        )
+        self.status: dict[str, PeerStatus] = {}
+        self._sources: dict[str, PeerSource] = {}
+        metrics.describe("seamless_node_federation_jobs_forwarded_total", "jobs forwarded to peers")
+        metrics.describe("seamless_node_federation_bytes_served_total", "buffer bytes served to peers")
+        for peer in self.registry.peers.values():
+            metrics.inc("seamless_node_federation_bytes_fetched_total", 0, peer=peer.label)
+            metrics.inc("seamless_node_federation_jobs_forwarded_total", 0, peer=peer.label)
+        self._load_state()
+
+    @property
+    def registry(self) -> Any:
+        return self.watcher.registry
+
+    @property
+    def node_id(self) -> str:
+        return str(self.watcher.identity.node_id)
+
+    def label(self, node_id: str) -> str:
+        entry = self.registry.peers.get(node_id)
+        return entry.label if entry is not None else node_id[:12]
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await trio.to_thread.run_sync(self.nonces.open)
+        await trio.to_thread.run_sync(self.claims.open)
+        self.fetcher.nursery = nursery
+        nursery.start_soon(self._prober)
+        log.info("federation: node %s, %d peer(s)", self.node_id, len(self.registry.peers))
+
+    async def aclose(self) -> None:
+        self.fetcher.nursery = None
+        await self.client.aclose()
+        self._save_state()
+        self.nonces.close()
+        self.claims.close()
+
+    # -- buffers ---------------------------------------------------------------------
+
+    def buffer_sources(self) -> list[Source]:
+        """Peers that grant us buffers:read and that we fetch from, in configuration order."""
+        now = self.clock()
+        sources: list[Source] = []
+        for peer, entry in self.registry.peers.items():
+            if not entry.fetch_buffers or not self.registry.outgoing(peer, "buffers:read", now).allowed:
+                continue
+            source = self._sources.get(peer)
+            if source is None:
+                source = self._sources[peer] = PeerSource(
+                    self.client, peer, timeout=float(self.context.config.federation.request_timeout)
+                )
+            sources.append(source)
+        return sources
+
+    async def fetch_missing(self, checksum: str) -> bool:
+        """The hook behind NodeContext.fetch_missing (see fetch.BufferFetcher)."""
+        await self.watcher.refresh()
+        if not self.buffer_sources():
+            return False
+        return await self.fetcher.fetch_missing(checksum)
+
+    # -- results ---------------------------------------------------------------------
+
+    async def lookup_result(self, transformation: str, *, include_local: bool = True) -> ResultAnswer | None:
+        await self.watcher.refresh()
+        if not self.context.config.federation.lookup_results:
+            return None
+        return await self.results.lookup(transformation, include_local=include_local)
+
+    # -- peers -----------------------------------------------------------------------
+
+    def seen(self, peer: str) -> None:
+        self.status.setdefault(peer, PeerStatus()).last_seen = self.clock()
+
+    async def probe(self, peer: str) -> PeerStatus:
+        status = self.status.setdefault(peer, PeerStatus())
+        status.last_checked = self.clock()
+        try:
+            if self.registry.keyset(peer) is None:
+                self.watcher.learn(await self.client.keys(peer))
+            await self.client.ping(peer)
+        except PeerRefused as exc:
+            status.reachable, status.accepts_us, status.error = True, False, str(exc)
+        except PeerError as exc:
+            status.reachable, status.accepts_us, status.error = False, None, str(exc)
+        else:
+            status.reachable, status.accepts_us, status.error = True, True, ""
+            status.last_seen = self.clock()
+        return status
+
+    async def _prober(self) -> None:
+        interval = float(self.context.config.federation.probe_interval)
+        while True:
+            await self.watcher.refresh()
+            async with trio.open_nursery() as nursery:
+                for peer in list(self.registry.peers):
+                    nursery.start_soon(self._probe_quietly, peer)
+            await trio.to_thread.run_sync(self._save_state)
+            await trio.sleep(interval)
+
+    async def _probe_quietly(self, peer: str) -> None:
+        with trio.move_on_after(float(self.context.config.federation.request_timeout) + 1):
+            try:
+                await self.probe(peer)
+            except Exception as exc:  # never let one peer stop the prober
+                log.warning("probe of %s failed: %s", self.label(peer), exc)
+
+    def report(self) -> list[dict[str, Any]]:
+        """Every peer: identity, reachability, grants both ways, last seen (for /api/v1/peers)."""
+        now = self.clock()
+        out = []
+        for peer, entry in self.registry.peers.items():
+            status = self.status.get(peer, PeerStatus())
+            incoming = self.gate.last_seen.get(peer)
+            last_seen = max(filter(None, (status.last_seen, incoming)), default=None)
+            mark = self.locator.bad.marks.get(peer)
+            out.append(
+                {
+                    "node_id": peer,
+                    "name": entry.name,
+                    "urls": list(self.registry.endpoints(peer, now)),
+                    "keys_known": self.registry.keyset(peer) is not None,
+                    "reachable": status.reachable,
+                    "accepts_us": status.accepts_us,
+                    "last_seen": last_seen,
+                    "last_checked": status.last_checked,
+                    "error": status.error,
+                    "fetch_buffers": entry.fetch_buffers,
+                    "marked_bad": None if mark is None or mark.until <= trio.current_time() else mark.reason,
+                    **self.registry.grants_summary(peer, now),
+                }
+            )
+        return out
+
+    # -- state file ------------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        try:
+            with open(self.state_path, encoding="utf-8") as f:
+                saved = json.load(f)
+            for peer, values in saved.get("peers", {}).items():
+                self.status[peer] = PeerStatus(**values)
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+
+    def _save_state(self) -> None:
+        for peer, seen_at in self.gate.last_seen.items():
+            status = self.status.setdefault(peer, PeerStatus())
+            status.last_seen = max(status.last_seen or 0, seen_at)
+        doc = {"node_id": self.node_id, "peers": {p: asdict(s) for p, s in self.status.items()}}
+        directory = os.path.dirname(self.state_path)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            tmp = self.state_path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=2)
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            log.warning("cannot save peer state to %s: %s", self.state_path, exc)
