@@ -220,11 +220,13 @@ class FederationSection:
     fetch_idle_timeout: Seconds = Seconds(10.0)
     #: minimum average rate of a peer fetch (bytes/s) once fetch_grace has passed
     fetch_min_rate: Size = Size(256 * 1024)
+    #: seconds before fetch_min_rate applies to a peer fetch
     fetch_grace: Seconds = Seconds(5.0)
     #: connect and answer timeout of small requests to peers
     request_timeout: Seconds = Seconds(10.0)
-    #: how long a peer's "I have it" / "I do not have it" answer is remembered
+    #: how long a peer's "I have it" answer is remembered
     presence_ttl: Seconds = Seconds(60.0)
+    #: how long a peer's "I do not have it" answer is remembered (short: it may get it soon)
     absence_ttl: Seconds = Seconds(5.0)
     #: a peer that served wrong bytes is not asked again for this long
     bad_peer_cooldown: Seconds = Seconds(300.0)
