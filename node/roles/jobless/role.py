@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import trio
 from quart import Blueprint
@@ -13,6 +14,9 @@ from .backends.base import Backend
 from .gateway import Gateway
 from .service import JobService
 from .spec import Limits
+
+if TYPE_CHECKING:
+    from ...web.fastpath import FastRoute
 
 log = logging.getLogger("seamless_node.jobless")
 
@@ -63,6 +67,11 @@ class JoblessRole(Role):
                 f"jobs {state} since start",
             )
         metrics.gauge("seamless_node_jobs_active", lambda: len(self.service.active), "jobs queued or running")
+
+    def fast_routes(self) -> list["FastRoute"]:
+        from .routes_jobserver import jobserver_fast_routes
+
+        return jobserver_fast_routes(self)
 
     def blueprints(self) -> list[Blueprint]:
         from .routes_api import jobs_api_blueprint

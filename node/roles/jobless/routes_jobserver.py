@@ -16,21 +16,29 @@ for it any more, see service.py), and the same transformation asked twice runs o
 The protocol does not say which client cancels, so a cancel detaches the oldest
 ``/jobserver`` waiter of that transformation (which hears "Transformation was canceled").
 Record mode (``"record": true``) is refused with 409, as upstream refuses a mismatch.
+
+``run-transformation`` is served on the node's fast path (below Quart; the round trip
+is what a remote Seamless client waits for); the Quart route answers the same, for a
+node built without it. Both share ``run_transformation``.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import trio
 from quart import Blueprint, Response, request
 
 from ...checksum import is_checksum
 from ...errors import NodeError
 from ...transformation import TransformationError
 from ...web.body import BodyLimits, read_json
+from ...web.fastpath import FastRoute, route
+from ...web.fastpath import Request as FastRequest
+from ...web.fastpath import Response as FastResponse
 from .access import check_local
-from .service import record_runtime
+from .service import Job, JobService, record_runtime
 from .states import JOBSERVER_STATUS, JobState
 
 if TYPE_CHECKING:
@@ -42,6 +50,90 @@ CANCELED = "Transformation was canceled"
 
 def text(body: str, status: int = 200) -> Response:
     return Response(body, status=status, content_type="text/plain; charset=utf-8")
+
+
+def status_of(job: Job | None) -> str:
+    if job is None:
+        return "not-running"
+    if job.result_ready.is_set():
+        return "done"
+    return JOBSERVER_STATUS[job.state]
+
+
+def _payload(payload: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """(transformation_dict, tf_checksum, tf_dunder) of a request; ValueError if invalid."""
+    if not isinstance(payload, dict):
+        raise ValueError("expected a JSON object")
+    try:
+        tf_dict = payload["transformation_dict"]
+        tf_checksum = payload["tf_checksum"]
+    except KeyError as exc:
+        raise ValueError(f"missing {exc}") from None
+    tf_dunder = payload.get("tf_dunder") or {}
+    if not isinstance(tf_dict, dict) or not isinstance(tf_dunder, dict):
+        raise ValueError("transformation_dict and tf_dunder must be objects")
+    if not is_checksum(tf_checksum):
+        raise ValueError(f"tf_checksum is not a checksum: {tf_checksum!r:.80}")
+    return tf_dict, tf_checksum, tf_dunder
+
+
+async def run_transformation(service: JobService, payload: Any) -> tuple[int, str]:
+    """Answer one run-transformation request: (status, text)."""
+    try:
+        tf_dict, tf_checksum, tf_dunder = _payload(payload)
+    except ValueError as exc:
+        return 400, f"Invalid payload: {exc}"
+    if payload.get("record"):
+        return 409, (
+            "Jobserver record mode mismatch: client requested record=True, but seamless-node's "
+            "jobserver runs with record=False (record mode is not supported)"
+        )
+    try:
+        job, waiter = await service.submit(tf_dict, tf_dunder, kind="jobserver")
+    except TransformationError as exc:
+        return 400, f"Invalid payload: {exc}"
+    if job.checksum != tf_checksum:
+        service.detach(job, waiter, explicit=True)
+        return 400, (
+            f"Invalid payload: tf_checksum {tf_checksum} does not match the transformation "
+            f"(its checksum is {job.checksum})"
+        )
+    await service.wait(job, waiter, result_only=True)
+    if job.result_ready.is_set() and job.result is not None:
+        return 200, json.dumps({"result_checksum": job.result, "record_runtime": record_runtime(job)})
+    if job.state is JobState.FAILED:
+        return 500, job.error or "Transformation failed"
+    return 200, CANCELED
+
+
+def jobserver_fast_routes(role: "JoblessRole") -> list[FastRoute]:
+    async def handler(req: FastRequest) -> FastResponse:
+        client = req.scope.get("client")
+        check_local(client[0] if client else None)
+        try:
+            payload = await req.read_json(LIMITS)
+        except NodeError as exc:
+            return FastResponse(400, f"Invalid JSON: {exc}".encode())
+        answer: tuple[int, str] = (200, CANCELED)
+        async with trio.open_nursery() as nursery:
+
+            async def until_disconnect() -> None:
+                # after the body, the next ASGI message is the client going away
+                while (await req._receive())["type"] != "http.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()  # the waiter detaches (service.wait)
+
+            async def answer_it() -> None:
+                nonlocal answer
+                answer = await run_transformation(role.service, payload)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_disconnect)
+            nursery.start_soon(answer_it)
+        status, body = answer
+        return FastResponse(status, body.encode(), content_type="text/plain; charset=utf-8")
+
+    return [route("GET", r"/jobserver/run-transformation", handler)]
 
 
 def jobserver_blueprint(role: "JoblessRole") -> Blueprint:
@@ -61,56 +153,20 @@ def jobserver_blueprint(role: "JoblessRole") -> Blueprint:
         return text("Seamless jobserver is running (seamless-node)")
 
     @bp.route("/run-transformation", methods=["GET", "POST"])
-    async def run_transformation() -> Response:
-        service = role.service
+    async def run_transformation_route() -> Response:
         try:
             payload = await read_json(request, LIMITS)
         except NodeError as exc:
             return text(f"Invalid JSON: {exc}", 400)
-        try:
-            if not isinstance(payload, dict):
-                raise ValueError("expected a JSON object")
-            tf_dict = payload["transformation_dict"]
-            tf_checksum = payload["tf_checksum"]
-            tf_dunder = payload.get("tf_dunder") or {}
-            if not isinstance(tf_dict, dict) or not isinstance(tf_dunder, dict):
-                raise ValueError("transformation_dict and tf_dunder must be objects")
-            if not is_checksum(tf_checksum):
-                raise ValueError(f"tf_checksum is not a checksum: {tf_checksum!r:.80}")
-        except (KeyError, ValueError) as exc:
-            return text(f"Invalid payload: {exc}", 400)
-        if payload.get("record"):
-            return text(
-                "Jobserver record mode mismatch: client requested record=True, but seamless-node's "
-                "jobserver runs with record=False (record mode is not supported)",
-                409,
-            )
-        try:
-            job, waiter = await service.submit(tf_dict, tf_dunder, kind="jobserver")
-        except TransformationError as exc:
-            return text(f"Invalid payload: {exc}", 400)
-        if job.checksum != tf_checksum:
-            service.detach(job, waiter, explicit=True)
-            return text(
-                f"Invalid payload: tf_checksum {tf_checksum} does not match the transformation "
-                f"(its checksum is {job.checksum})",
-                400,
-            )
-        await service.wait(job, waiter)
-        if job.state is JobState.DONE:
-            body = {"result_checksum": job.result, "record_runtime": record_runtime(job)}
-            return text(json.dumps(body))
-        if job.state is JobState.FAILED:
-            return text(job.error or "Transformation failed", 500)
-        return text(CANCELED)
+        status, body = await run_transformation(role.service, payload)
+        return text(body, status)
 
     @bp.route("/transformation-status/<checksum>", methods=["GET"])
     async def transformation_status(checksum: str) -> Response:
         if not is_checksum(checksum):
             return text(f"Invalid checksum: {checksum!r:.80}", 400)
-        job = role.service.get(checksum)
-        status = JOBSERVER_STATUS[job.state] if job is not None else "not-running"
-        return Response(json.dumps({"status": status}), content_type="application/json")
+        return Response(json.dumps({"status": status_of(role.service.get(checksum))}),
+                        content_type="application/json")
 
     @bp.route("/cancel-transformation/<checksum>", methods=["POST"])
     async def cancel_transformation(checksum: str) -> Response:
@@ -118,8 +174,7 @@ def jobserver_blueprint(role: "JoblessRole") -> Blueprint:
             return text(f"Invalid checksum: {checksum!r:.80}", 400)
         service = role.service
         canceled = service.cancel(checksum, kind="jobserver")
-        job = service.get(checksum)
-        status = JOBSERVER_STATUS[job.state] if job is not None else "not-running"
+        status = status_of(service.get(checksum))
         if canceled:
             status = "canceled"
         return Response(json.dumps({"canceled": canceled, "status": status}), content_type="application/json")

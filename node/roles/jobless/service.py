@@ -30,7 +30,7 @@ from ... import __version__
 from ...transformation import Transformation, parse_transformation
 from .backends.base import Backend
 from .gateway import Gateway, InputMissing
-from .spec import JobOutcome, Limits
+from .spec import JobOutcome, JobSpec, Limits
 from .states import Event, IllegalTransition, JobState, next_state
 
 log = logging.getLogger("seamless_node.jobless")
@@ -71,6 +71,9 @@ class Job:
     done: trio.Event = field(default_factory=trio.Event)
     #: set once the job knows whether its result was already known
     checked: trio.Event = field(default_factory=trio.Event)
+    #: set once the result buffer is stored (before it is recorded and the job is DONE):
+    #: from then on the job can no longer be cancelled
+    result_ready: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     subscribers: list[trio.MemorySendChannel[JobEvent]] = field(default_factory=list)
 
@@ -156,19 +159,23 @@ class JobService:
         job.waiters.append(waiter)
         return job, waiter
 
-    async def wait(self, job: Job, waiter: Waiter) -> None:
-        """Until the job ends or *waiter* is detached; a caller that goes away detaches."""
+    async def wait(self, job: Job, waiter: Waiter, *, result_only: bool = False) -> None:
+        """Until the job ends (or, with *result_only*, its result is stored) or *waiter*
+        is detached; a caller that goes away detaches."""
+        end = job.result_ready if result_only else job.done
         try:
-            async with trio.open_nursery() as nursery:
+            if not end.is_set():
+                async with trio.open_nursery() as nursery:
 
-                async def watch(event: trio.Event) -> None:
-                    await event.wait()
-                    nursery.cancel_scope.cancel()
+                    async def watch(event: trio.Event) -> None:
+                        await event.wait()
+                        nursery.cancel_scope.cancel()
 
-                nursery.start_soon(watch, job.done)
-                nursery.start_soon(watch, waiter.detached)
+                    nursery.start_soon(watch, end)
+                    nursery.start_soon(watch, job.done)
+                    nursery.start_soon(watch, waiter.detached)
         finally:
-            if not job.done.is_set() and not waiter.detached.is_set():
+            if not job.done.is_set() and not job.result_ready.is_set() and not waiter.detached.is_set():
                 self.detach(job, waiter, explicit=False)
 
     def detach(self, job: Job, waiter: Waiter, *, explicit: bool) -> None:
@@ -176,7 +183,7 @@ class JobService:
             return
         job.waiters.remove(waiter)
         waiter.detached.set()
-        if job.waiters or job.state.terminal:
+        if job.waiters or job.state.terminal or job.result_ready.is_set():
             return
         if explicit:
             self._cancel(job, "cancelled: no client waits for it any more")
@@ -187,7 +194,7 @@ class JobService:
         """Soft: detach one waiter (of *kind* if there is one); hard: kill now.
         True if something was cancelled or detached."""
         job = self.active.get(checksum)
-        if job is None:
+        if job is None or job.result_ready.is_set():
             return False
         if hard or not job.waiters:
             self._cancel(job, "cancelled" + (" (hard)" if hard else ""))
@@ -198,7 +205,7 @@ class JobService:
 
     async def _orphan_timer(self, job: Job) -> None:
         await trio.sleep(self.orphan_grace)
-        if not job.waiters and not job.state.terminal:
+        if not job.waiters and not job.state.terminal and not job.result_ready.is_set():
             self._cancel(job, f"cancelled: no client waited for it for {self.orphan_grace:g} s")
 
     def _cancel(self, job: Job, why: str) -> None:
@@ -276,12 +283,38 @@ class JobService:
 
     async def _compute(self, job: Job) -> None:
         tf = job.transformation
-        known = await self.gateway.lookup(tf.checksum) if self.gateway.has_database else None
+        known: str | None = None
+        spec: JobSpec | None = None
+        missing: InputMissing | None = None
+        # the result lookup and the gathering of inputs run side by side
+        async with trio.open_nursery() as nursery:
+
+            async def lookup() -> None:
+                nonlocal known
+                if self.gateway.has_database:
+                    known = await self.gateway.lookup(tf.checksum)
+                if known is not None:
+                    nursery.cancel_scope.cancel()  # "checked" is set when the job ends
+                else:
+                    job.checked.set()
+
+            async def gather() -> None:
+                nonlocal spec, missing
+                try:
+                    spec = await self.gateway.build_spec(tf, self.limits)
+                except InputMissing as exc:
+                    missing = exc
+
+            nursery.start_soon(lookup)
+            nursery.start_soon(gather)
         if known is not None:
+            job.result = known
+            job.result_ready.set()
             self._transition(job, Event.SUCCEED, result=known, cached=True)
             return
-        job.checked.set()
-        spec = await self.gateway.build_spec(tf, self.limits)
+        if missing is not None:
+            raise missing
+        assert spec is not None
         outcome = await self.backend.run(spec, lambda: self._started(job))
         if not outcome.ok:
             job.stats = outcome.stats
@@ -309,7 +342,14 @@ class JobService:
             "memory_peak_bytes": outcome.stats.get("memory_peak_bytes"),
         }
         await self.gateway.store(outcome.buffers)
-        await self.gateway.record(job.checksum, outcome.result, record)
+        # the result is safe: /jobserver clients get it now, while it is being recorded
+        job.result = outcome.result
+        job.result_ready.set()
+        with trio.CancelScope(shield=True):
+            try:
+                await self.gateway.record(job.checksum, outcome.result, record)
+            except Exception as exc:  # the result stands; only its record is missing
+                log.warning("could not record the result of %s: %s", job.checksum, exc)
         self._transition(job, Event.SUCCEED, result=outcome.result)
 
 

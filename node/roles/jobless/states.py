@@ -74,7 +74,8 @@ def next_state(state: JobState, event: Event) -> JobState:
         raise IllegalTransition(f"a {state.value} job cannot {event.value}") from None
 
 
-#: what the seamless-jobserver protocol calls each state
+#: what the seamless-jobserver protocol calls each state (a job whose result is stored
+#: but not yet recorded is "done" already: see service.Job.result_ready)
 JOBSERVER_STATUS = {
     JobState.QUEUED: "running",
     JobState.RUNNING: "running",

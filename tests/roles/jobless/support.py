@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Any
 
 import httpx
@@ -76,18 +75,21 @@ def workers() -> list[psutil.Process]:
 
 
 def job_processes() -> list[psutil.Process]:
-    """Descendants of this process that are job processes (not the pool's workers)."""
+    """Job processes of the local pools started by this (test) process: every descendant
+    of a pool worker, except the next job's process waiting in each worker."""
     found = []
-    for proc in psutil.Process(os.getpid()).children(recursive=True):
+    for worker in workers():
         try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            cmdline = " ".join(proc.cmdline())
+            descendants = worker.children(recursive=True)
         except psutil.Error:
             continue
-        if "node.roles.jobless.backends.worker" in cmdline and proc.ppid() == os.getpid():
-            continue
-        found.append(proc)
+        for proc in descendants:
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE or proc.name() == "seamless-ready":
+                    continue
+            except psutil.Error:
+                continue
+            found.append(proc)
     return found
 
 

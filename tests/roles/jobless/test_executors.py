@@ -173,10 +173,13 @@ async def test_output_limit(backend):
 
 async def test_escaped_processes_and_job_directories_are_removed(backend, tmp_path):
     script = "setsid sleep 1003 & (sleep 1003 &) ; echo ok > RESULT"
+    await run(backend, spec("bash", "echo warm > RESULT", "bytes"))
+    before = set(os.listdir(tmp_path / "jobs"))  # the next job's directory, made ahead
+    assert len(before) == 1
     outcome = await run(backend, spec("bash", script, "bytes"))
     assert outcome.ok and outcome.buffers[outcome.result] == b"ok\n"
     await wait_for(lambda: not job_processes(), timeout=2)
-    assert os.listdir(tmp_path / "jobs") == []
+    await wait_for(lambda: not before & set(os.listdir(tmp_path / "jobs")), timeout=2)  # removed
 
 
 async def test_spec_wire_format_round_trip():

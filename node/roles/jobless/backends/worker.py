@@ -11,9 +11,11 @@ worker -> node        ``{"op": "ready"}`` once; ``{"op": "started", "pid": P}`` 
                       (P is the job's process group); ``{"op": "outcome"}`` + JobOutcome
 ====================  =================================================================
 
-The worker is a child subreaper, so a job process that escapes its process group is
-re-parented here and killed when the job ends. End of stdin (the node went away) kills
-the running job and ends the worker.
+Each job's process is forked ahead (``supervisor.prepare``) and the previous job is
+cleaned up after its outcome is sent, so neither costs a job's round trip. The worker is
+a child subreaper, so a job process that escapes its process group is re-parented here
+and killed when the job ends. End of stdin (the node went away) kills the running job
+and ends the worker.
 """
 
 from __future__ import annotations
@@ -57,28 +59,28 @@ def main(argv: list[str]) -> int:
     # warm up: what every job needs is imported once, before any fork
     import numpy  # noqa: F401
 
-    from ..executors import bash, become_subreaper, child, python, supervise  # noqa: F401
-    from ..executors.supervisor import kill_group, reap_leftovers
+    from ..executors import bash, become_subreaper, child, python  # noqa: F401
+    from ..executors.supervisor import Child, ChildLost, finish, kill_group, prepare, reap_leftovers, run
     from ..spec import JobOutcome, JobSpec, pack, unpack
 
     become_subreaper()
-    current: list[int] = []
+    children: dict[str, Child] = {}  # "ready": forked ahead, "job": running the current job
 
     def terminate(signum: int, frame: object) -> None:
-        for pid in current:
-            kill_group(pid)
+        for child_ in children.values():
+            kill_group(child_.pid)
         reap_leftovers()
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the node, which stops us
-
-    def started(pid: int) -> None:
-        current[:] = [pid]
-        write_frame(stdout, pack({"op": "started", "pid": pid}))
-
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     sys.stdout = sys.stderr  # nothing but frames may reach the node's pipe
+
+    def started(pid: int) -> None:
+        write_frame(stdout, pack({"op": "started", "pid": pid}))
+
+    children["ready"] = prepare(job_root)
     write_frame(stdout, pack({"op": "ready", "pid": os.getpid()}))
     closing = False
 
@@ -102,16 +104,25 @@ def main(argv: list[str]) -> int:
             spec = JobSpec.from_bytes(blobs[0])
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             outcome = JobOutcome.failure("internal", f"malformed job spec: {exc}")
-        else:
-            outcome = supervise(
-                spec,
-                job_root,
-                on_started=started,
-                control_fd=stdin,
-                should_cancel=should_cancel,
-            )
-        current.clear()
+            write_frame(stdout, pack({"op": "outcome"}, [outcome.to_bytes()]))
+            continue
+        for _attempt in range(2):
+            job = children["job"] = children.pop("ready", None) or prepare(job_root)
+            try:
+                outcome = run(job, spec, on_started=started, control_fd=stdin,
+                              should_cancel=should_cancel, payload=blobs[0])
+                break
+            except ChildLost as exc:  # killed from outside while it waited: use a new one
+                finish(children.pop("job"))
+                outcome = JobOutcome.failure("internal", str(exc))
         write_frame(stdout, pack({"op": "outcome"}, [outcome.to_bytes()]))
+        # after answering: clean up and fork the next job's process, off the round trip
+        if "job" in children:
+            finish(children.pop("job"))
+        if not closing:
+            children["ready"] = prepare(job_root)
+    for child_ in list(children.values()):
+        finish(child_)
     return 0
 
 

@@ -3,7 +3,9 @@
 In a fresh, empty working directory: every input pin becomes a file named after the pin
 (small scalar and text pins are also environment variables of that name; a directory pin
 becomes a directory of files), the script runs as ``/bin/bash -c`` with the header
-``set -u -e`` and a trap that kills background jobs on exit, and the result is read from
+``set -u -e``, background processes still running when the script ends get SIGTERM (as
+Seamless's ``trap 'jobs -p | xargs -r kill' EXIT`` does, without the extra processes:
+the job process signals its own process group), and the result is read from
 ``RESULT``: a file becomes a value, a directory a dict ``{member path: value}``.
 
 How a pin is written and how RESULT is read follow seamless-transformer's bash executor
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 from typing import Any
 
@@ -24,7 +27,7 @@ from .... import mixed
 from ....celltypes import deserialize
 from ..spec import JobSpec, PinInput
 
-HEADER = "set -u -e\ntrap 'jobs -p | xargs -r kill' EXIT\n"
+HEADER = "set -u -e\n"
 #: output celltypes whose RESULT files are taken as raw bytes
 RAW_OUTPUTS = ("bytes", "folder", "deepfolder")
 
@@ -96,6 +99,17 @@ def read_result_file(data: bytes, output_celltype: str) -> Any:
         return text
 
 
+def _terminate_background_jobs() -> None:
+    """SIGTERM every other process of this job's process group (this process leads it)."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _tail(path: str, limit: int = 4000) -> str:
     try:
         with open(path, "rb") as f:
@@ -148,6 +162,7 @@ def run_bash(spec: JobSpec, workdir: str, ctldir: str, environ: dict[str, str]) 
             stderr=err,
             check=False,
         )
+    _terminate_background_jobs()
     if proc.returncode:
         code = proc.returncode if proc.returncode > 0 else f"killed by signal {-proc.returncode}"
         raise BashFailure(_report(f"Return code {code}", spec.code, _tail(stdout_path), _tail(stderr_path)))

@@ -4,16 +4,19 @@
 for every file written, so stdout/stderr and RESULT are capped too), points stdin at
 /dev/null and stdout/stderr at files in the control directory, runs the executor in the
 working directory, serializes the result per the output celltype (deep results: every
-member too) and writes a packed JobOutcome to the pipe ``out_fd`` (pipes are not
-subject to RLIMIT_FSIZE). Exit status 0 means the whole outcome was written.
+member too) and writes a framed JobOutcome to the pipe ``out_fd`` (pipes are not
+subject to RLIMIT_FSIZE), with the CPU time and peak memory it measured itself. Exit
+status 0 means the whole outcome was written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import resource
 import signal
+import struct
 import sys
 import traceback
 from typing import Any
@@ -97,12 +100,40 @@ def run_in_child(spec: JobSpec, workdir: str, ctldir: str) -> JobOutcome:
         return JobOutcome.failure(S.ERROR, traceback.format_exc())
 
 
-def child_main(spec: JobSpec, workdir: str, ctldir: str, out_fd: int) -> None:
-    """Entry point of the forked job process; never returns."""
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    parts, got = [], 0
+    while got < size:
+        chunk = os.read(fd, min(size - got, 1 << 20))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _stats() -> dict[str, float]:
+    """CPU time and peak memory of this process and the children it waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "cpu_user_seconds": round(own.ru_utime + kids.ru_utime, 6),
+        "cpu_system_seconds": round(own.ru_stime + kids.ru_stime, 6),
+        "memory_peak_bytes": max(own.ru_maxrss, kids.ru_maxrss) * 1024,
+    }
+
+
+def child_main(spec_fd: int, out_fd: int, workdir: str, ctldir: str) -> None:
+    """Entry point of the forked job process; never returns.
+
+    Forked ahead of its job: it settles into its own session and directories first,
+    then waits for a framed JobSpec on *spec_fd* (end of input: exit quietly) and
+    answers with a framed JobOutcome on *out_fd* (``uint64 length`` + bytes)."""
     status = 1
     try:
         os.setsid()
-        _set_parent_death_signal()
+        if _PRCTL is not None:
+            _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the supervisor
+        _set_name(b"seamless-ready")  # what ps shows while the process waits for a job
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the cap fails with EFBIG
@@ -112,10 +143,22 @@ def child_main(spec: JobSpec, workdir: str, ctldir: str, out_fd: int) -> None:
             target = os.open(os.path.join(ctldir, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.dup2(target, fd)
         os.chdir(workdir)
+        head = _read_exactly(spec_fd, _FRAME.size)
+        if head is None:
+            status = 0
+            return
+        data = _read_exactly(spec_fd, _FRAME.unpack(head)[0])
+        os.close(spec_fd)
+        if data is None:
+            return
+        spec = JobSpec.from_bytes(data)
+        _set_name(b"seamless-job")
         _limit(resource.RLIMIT_AS, spec.limits.memory)
         _limit(resource.RLIMIT_FSIZE, spec.limits.output + 65536 if spec.limits.output else 0)
         outcome = run_in_child(spec, workdir, ctldir)
-        view = memoryview(outcome.to_bytes())
+        outcome = dataclasses.replace(outcome, stats=_stats())
+        payload = outcome.to_bytes()
+        view = memoryview(_FRAME.pack(len(payload)) + payload)
         while view:
             view = view[os.write(out_fd, view[: 1 << 20]) :]
         os.close(out_fd)
@@ -130,12 +173,21 @@ def child_main(spec: JobSpec, workdir: str, ctldir: str, out_fd: int) -> None:
         os._exit(status)
 
 
-def _set_parent_death_signal() -> None:
-    """SIGKILL this process if its supervisor dies (Linux prctl PR_SET_PDEATHSIG)."""
+def _load_prctl() -> Any:
+    """libc's prctl, loaded once in the supervisor so that forked children need not."""
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _set_name(name: bytes) -> None:
+    """The process name (``comm``) that ps and top show (prctl PR_SET_NAME)."""
+    if _PRCTL is not None:
+        _PRCTL(15, name, 0, 0, 0)
+_FRAME = struct.Struct("<Q")

@@ -1,15 +1,19 @@
 """Run one job in a child process and bring back its outcome, whatever happens.
 
-``supervise`` forks; the child (``child.child_main``) becomes the leader of a new session
-(so the job and everything it starts share one process group) and runs the job in a
-fresh directory ``<job_root>/job-<cs>-XXXX/work``. The supervisor waits on a pidfd, reads
-the child's outcome from a pipe as it comes, and enforces the wall-time limit. On
-timeout or cancellation it kills the whole process group with SIGKILL.
+A job's process is forked *ahead* of its job (``prepare``): the child
+(``child.child_main``) becomes the leader of a new session (so the job and everything
+it starts share one process group), moves into a fresh directory
+``<job_root>/job-XXXX/work`` and waits for its spec on a pipe. ``run`` sends the spec,
+reads the outcome from another pipe as it comes, and enforces the wall-time limit; on
+timeout or cancellation it kills the whole process group with SIGKILL. An outcome is
+complete when its announced length has arrived: the supervisor answers at once, and
+``finish`` then waits for the child to exit, kills whatever is left of the job (the
+rest of its process group, and, when the supervisor is a child subreaper (see
+``become_subreaper``), any process that escaped the group with setsid and was
+re-parented to the supervisor), and removes the job directory. The local pool's workers
+finish a job and fork the next child after answering, off the job's round trip.
 
-After the child has ended, whatever is left of the job is killed: the rest of its
-process group, and (when the supervisor is a child subreaper, see ``become_subreaper``)
-any process that escaped the group with setsid and was re-parented to the supervisor.
-The job directory is then removed. The supervising process must be single-threaded
+``supervise`` is the three in a row. The supervising process must be single-threaded
 when it forks (the local pool's workers and the runner are).
 """
 
@@ -19,9 +23,11 @@ import os
 import select
 import shutil
 import signal
+import struct
 import tempfile
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 from .. import spec as S
 from ..spec import JobOutcome, JobSpec
@@ -48,26 +54,20 @@ def kill_group(pgid: int) -> None:
 
 
 def _own_children() -> list[int]:
-    me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == me:
-            found.append(int(entry))
-    return found
+    """Living children of this (single-threaded) process, from /proc/<pid>/task/<pid>/children."""
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
 
 
-def reap_leftovers(rounds: int = 5) -> None:
-    """Kill and reap every remaining child of this process (escaped job processes)."""
+def reap_leftovers(rounds: int = 5, keep: frozenset[int] = frozenset()) -> None:
+    """Kill and reap every remaining child of this process (escaped job processes),
+    except those in *keep* (a prepared child waiting for its job)."""
     for _ in range(rounds):
-        children = _own_children()
+        children = [pid for pid in _own_children() if pid not in keep]
         if not children:
             return
         for pid in children:
@@ -109,6 +109,75 @@ def _classify(outcome: JobOutcome, spec: JobSpec, stderr: str) -> JobOutcome:
     return outcome
 
 
+_FRAME = struct.Struct("<Q")
+
+
+class ChildLost(Exception):
+    """The prepared child died before its job was handed over."""
+
+
+@dataclass(eq=False)
+class Child:
+    """A forked job process waiting for (or running) its job."""
+
+    pid: int
+    pidfd: int
+    spec_fd: int
+    out_fd: int
+    jobdir: str
+    workdir: str
+    ctldir: str
+    status: int | None = None  # set once reaped
+
+    def reap(self, block: bool = True) -> bool:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            if pid == 0:
+                return False
+            self.status = status
+        return True
+
+
+def prepare(job_root: str) -> Child:
+    """Fork a job process that waits for its spec."""
+    from .child import child_main
+
+    os.makedirs(job_root, exist_ok=True)
+    jobdir = tempfile.mkdtemp(prefix="job-", dir=job_root)
+    workdir, ctldir = os.path.join(jobdir, "work"), os.path.join(jobdir, "ctl")
+    os.mkdir(workdir, 0o700)
+    os.mkdir(ctldir, 0o700)
+    spec_r, spec_w = os.pipe()
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child never returns
+        os.close(spec_w)
+        os.close(out_r)
+        child_main(spec_r, out_w, workdir, ctldir)
+    os.close(spec_r)
+    os.close(out_w)
+    return Child(pid, os.pidfd_open(pid), spec_w, out_r, jobdir, workdir, ctldir)
+
+
+def finish(child: Child, keep: frozenset[int] = frozenset()) -> None:
+    """After the job: let the child exit (or kill it), kill what is left, remove the
+    job directory."""
+    poller = select.poll()
+    poller.register(child.pidfd, select.POLLIN)
+    if child.status is None:
+        poller.poll(2000)  # the child exits right after its outcome
+        # SIGKILL the group while the child is not reaped yet (its pid cannot be reused)
+        kill_group(child.pid)
+    child.reap()
+    reap_leftovers(keep=keep)
+    for fd in (child.pidfd, child.spec_fd, child.out_fd):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    shutil.rmtree(child.jobdir, ignore_errors=True)
+
+
 def supervise(
     spec: JobSpec,
     job_root: str,
@@ -117,127 +186,74 @@ def supervise(
     control_fd: int | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> JobOutcome:
-    """Run *spec* to its end; never raises for anything the job does.
-
-    When *control_fd* becomes readable, *should_cancel* is called; True kills the job."""
-    from .child import child_main
-
-    os.makedirs(job_root, exist_ok=True)
-    jobdir = tempfile.mkdtemp(prefix=f"job-{spec.checksum[:12]}-", dir=job_root)
-    workdir, ctldir = os.path.join(jobdir, "work"), os.path.join(jobdir, "ctl")
-    os.mkdir(workdir, 0o700)
-    os.mkdir(ctldir, 0o700)
-    read_fd, write_fd = os.pipe()
-    started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child never returns
-        os.close(read_fd)
-        child_main(spec, workdir, ctldir, write_fd)
-    os.close(write_fd)
+    """Run *spec* to its end in a new child; never raises for anything the job does."""
+    child = prepare(job_root)
     try:
-        if on_started is not None:
-            on_started(pid)
-        status, rusage, data, ended_by = _wait(pid, read_fd, spec, started, control_fd, should_cancel)
+        return run(child, spec, on_started=on_started, control_fd=control_fd, should_cancel=should_cancel)
     finally:
-        os.close(read_fd)
-        kill_group(pid)
-        reap_leftovers()
-    stats = {
-        "wall_time_seconds": round(time.monotonic() - started, 6),
-        "cpu_user_seconds": round(rusage.ru_utime, 6) if rusage else 0.0,
-        "cpu_system_seconds": round(rusage.ru_stime, 6) if rusage else 0.0,
-        "memory_peak_bytes": rusage.ru_maxrss * 1024 if rusage else 0,
-    }
-    stderr = _tail(os.path.join(ctldir, "stderr"))
-    shutil.rmtree(jobdir, ignore_errors=True)
+        finish(child)
+
+
+def run(
+    child: Child,
+    spec: JobSpec,
+    *,
+    on_started: Callable[[int], None] | None = None,
+    control_fd: int | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    payload: bytes | None = None,
+) -> JobOutcome:
+    """Hand *spec* to a prepared child and wait for its outcome (see ``supervise``).
+
+    When *control_fd* becomes readable, *should_cancel* is called; True kills the job.
+    *payload* is ``spec.to_bytes()`` when the caller has it already. Raises ChildLost if
+    the child died while it waited for its job."""
+    started = time.monotonic()
+    try:
+        if payload is None:
+            payload = spec.to_bytes()
+        view = memoryview(_FRAME.pack(len(payload)) + payload)
+        while view:
+            view = view[os.write(child.spec_fd, view[: 1 << 20]) :]
+        os.close(child.spec_fd)
+        child.spec_fd = -1
+    except BrokenPipeError:
+        raise ChildLost("the job process died before its job started") from None
+    if on_started is not None:
+        on_started(child.pid)
+    data, ended_by = _wait(child, spec, started, control_fd, should_cancel)
+    wall = round(time.monotonic() - started, 6)
+    stderr = _tail(os.path.join(child.ctldir, "stderr"))
     if ended_by == "cancel":
-        return JobOutcome.failure(S.KILLED, "Transformation was canceled", stats)
+        return JobOutcome.failure(S.KILLED, "Transformation was canceled", {"wall_time_seconds": wall})
     if ended_by == "timeout":
         limit = spec.limits.wall_time
         error = f"wall time limit exceeded: the job ran for more than {limit:g} s (jobless.max_wall_time)"
-        return JobOutcome.failure(S.TIMEOUT, error, stats)
+        return JobOutcome.failure(S.TIMEOUT, error, {"wall_time_seconds": wall})
     if ended_by == "overflow":
         error = f"output limit exceeded: over {spec.limits.output} bytes of results"
-        return JobOutcome.failure(S.OUTPUT, error, stats)
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return JobOutcome.failure(S.OUTPUT, error, {"wall_time_seconds": wall})
+    if ended_by == "complete":
         try:
-            outcome = JobOutcome.from_bytes(bytes(data))
+            outcome = JobOutcome.from_bytes(bytes(data[_FRAME.size :]))
         except (ValueError, KeyError, TypeError) as exc:
-            return JobOutcome.failure(S.INTERNAL, f"the job process sent a malformed outcome: {exc}", stats)
+            return JobOutcome.failure(S.INTERNAL, f"the job process sent a malformed outcome: {exc}")
+        stats = {"wall_time_seconds": wall, **outcome.stats}
         outcome = JobOutcome(outcome.ok, outcome.result, outcome.buffers, outcome.error, outcome.kind, stats)
         return _classify(outcome, spec, stderr)
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
+    # the child ended without a whole outcome: how? (peeked, not reaped: see finish)
+    info = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    if info is not None and info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+        sig = info.si_status
         what = f"the job process was killed by signal {sig} ({signal.Signals(sig).name})"
         if sig == signal.SIGKILL and spec.limits.memory:
             what += "; it may have run out of memory"
     else:
-        what = f"the job process exited with status {os.WEXITSTATUS(status)} without an outcome"
-    failure = JobOutcome.failure(S.ERROR, what + (f"\n{stderr}" if stderr else ""), stats)
+        code = info.si_status if info is not None else "?"
+        what = f"the job process exited with status {code} without an outcome"
+    error = what + (f"\n{stderr}" if stderr else "")
+    failure = JobOutcome.failure(S.ERROR, error, {"wall_time_seconds": wall})
     return _classify(failure, spec, stderr)
-
-
-def _wait(
-    pid: int,
-    read_fd: int,
-    spec: JobSpec,
-    started: float,
-    control_fd: int | None,
-    should_cancel: Callable[[], bool] | None,
-) -> tuple[int, Any, bytearray, str]:
-    """Wait for the child, collecting its outcome; returns (status, rusage, data, ended_by)."""
-    pidfd = os.pidfd_open(pid)
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    poller.register(read_fd, select.POLLIN)
-    if control_fd is not None:
-        poller.register(control_fd, select.POLLIN)
-    data = bytearray()
-    cap = 4 * spec.limits.output + (1 << 20) if spec.limits.output else None
-    ended_by = ""
-    pipe_open = True
-    exited = False
-    try:
-        while not (exited and not pipe_open):
-            remaining = spec.limits.wall_time - (time.monotonic() - started)
-            if remaining <= 0 and not ended_by:
-                ended_by = "timeout"
-                kill_group(pid)
-            timeout_ms = None if ended_by else max(0, int(remaining * 1000) + 1)
-            for fd, _event in poller.poll(timeout_ms):
-                if fd == read_fd:
-                    try:
-                        chunk = os.read(read_fd, 1 << 20)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        pipe_open = False
-                        poller.unregister(read_fd)
-                        continue
-                    data += chunk
-                    if cap is not None and len(data) > cap and not ended_by:
-                        ended_by = "overflow"
-                        kill_group(pid)
-                elif fd == pidfd:
-                    exited = True
-                    poller.unregister(pidfd)
-                    data += _drain(read_fd)  # a forked grandchild may hold the pipe open
-                    pipe_open = False
-                elif fd == control_fd and should_cancel is not None:
-                    if should_cancel() and not ended_by:
-                        ended_by = "cancel"
-                        kill_group(pid)
-        _, status, rusage = os.wait4(pid, 0)
-    except BaseException:
-        kill_group(pid)
-        try:
-            os.wait4(pid, 0)
-        except ChildProcessError:
-            pass
-        raise
-    finally:
-        os.close(pidfd)
-    return status, rusage, data, ended_by
 
 
 def _drain(fd: int) -> bytes:
@@ -253,3 +269,49 @@ def _drain(fd: int) -> bytes:
             break
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _complete(data: bytearray) -> bool:
+    return len(data) >= _FRAME.size and len(data) >= _FRAME.size + _FRAME.unpack_from(data)[0]
+
+
+def _wait(
+    child: Child,
+    spec: JobSpec,
+    started: float,
+    control_fd: int | None,
+    should_cancel: Callable[[], bool] | None,
+) -> tuple[bytearray, str]:
+    """Collect the outcome until it is complete, the child ends, or the job must die.
+
+    Returns (data, ended_by): "complete", "exited", "timeout", "cancel" or "overflow"."""
+    poller = select.poll()
+    poller.register(child.pidfd, select.POLLIN)
+    poller.register(child.out_fd, select.POLLIN)
+    if control_fd is not None:
+        poller.register(control_fd, select.POLLIN)
+    data = bytearray()
+    cap = 4 * spec.limits.output + (1 << 20) if spec.limits.output else None
+    while True:
+        remaining = spec.limits.wall_time - (time.monotonic() - started)
+        if remaining <= 0:
+            kill_group(child.pid)
+            return data, "timeout"
+        for fd, _event in poller.poll(max(0, int(remaining * 1000) + 1)):
+            if fd == child.out_fd:
+                chunk = os.read(child.out_fd, 1 << 20)
+                if not chunk:
+                    poller.unregister(child.out_fd)
+                    continue
+                data += chunk
+                if _complete(data):
+                    return data, "complete"
+                if cap is not None and len(data) > cap:
+                    kill_group(child.pid)
+                    return data, "overflow"
+            elif fd == child.pidfd:
+                data += _drain(child.out_fd)  # a forked grandchild may hold the pipe open
+                return data, "complete" if _complete(data) else "exited"
+            elif fd == control_fd and should_cancel is not None and should_cancel():
+                kill_group(child.pid)
+                return data, "cancel"
