@@ -22,7 +22,7 @@ test: system-deps $(BIN)/.installed
 system-deps:
 	bash scripts/install-system-deps.sh tests
 
-## bench: run the benchmarks (installs nginx and the upstream servers first)
+## bench: run the benchmarks (installs nginx and wrk first; see docs/performance.md)
 bench: $(BIN)/.installed
 	bash scripts/install-system-deps.sh bench
 	$(BIN)/python bench/buffers.py

@@ -5,7 +5,7 @@ set -euo pipefail
 purpose=${1:-tests}
 case "$purpose" in
   tests) packages=(procps util-linux slurm-wlm munge) ;;
-  bench) packages=(nginx-light procps) ;;
+  bench) packages=(nginx-light wrk procps) ;;
   *) echo "usage: $0 tests|bench" >&2; exit 2 ;;
 esac
 missing=()

@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from ..checksum import parse_checksum
-from ..errors import StoreError, StoreReadOnly
+from ..errors import StoreError, StoreFull, StoreReadOnly
 from . import layout as L
 from .reader import OpenedBuffer, VerifiedReader, open_in_shard, open_shard
 from .writer import PendingWrite, raise_for_oserror
 
 log = logging.getLogger("seamless_node.store")
+
+#: how long a free-space reading is reused before statvfs is called again (seconds)
+FREE_SPACE_TTL = 1.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,19 @@ class StoreRoot:
 
     path: str
     layout: L.Layout
+
+
+def _stat_in_shard(dir_fd: int, shard: str, checksum: str) -> tuple[L.BufferLocation, int] | None:
+    """The first regular stored variant of *checksum* in an open shard: the plain file
+    first (by far the common case), compressed variants only when it is absent."""
+    for encoding, suffix in L.ENCODING_SUFFIXES.items():
+        try:
+            st = os.stat(checksum + suffix, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            return L.BufferLocation(shard, checksum + suffix, encoding), st.st_size
+    return None
 
 
 def _ensure_private_directory(path: str) -> None:
@@ -74,6 +90,8 @@ class BufferStore:
         self._extra_dirs = [os.path.abspath(os.fspath(d)) for d in extra_dirs]
         self.layout: L.Layout = layout or "prefix"
         self.roots: list[StoreRoot] = []
+        self._free_bytes = 0
+        self._free_checked_at = -FREE_SPACE_TTL
         self.tmp_dir = os.path.join(self.directory, L.TMP_DIR)
         self.quarantine_dir = os.path.join(self.directory, L.QUARANTINE_DIR)
 
@@ -153,14 +171,7 @@ class BufferStore:
                     continue
                 try:
                     for i in indices:
-                        for location in self._locations(root, checksums[i]):
-                            try:
-                                st = os.stat(location.filename, dir_fd=dir_fd, follow_symlinks=False)
-                            except OSError:
-                                continue
-                            if (st.st_mode & 0o170000) == 0o100000:  # regular file
-                                results[i] = (location, st.st_size)
-                                break
+                        results[i] = _stat_in_shard(dir_fd, shard, checksums[i])
                 finally:
                     os.close(dir_fd)
         return results
@@ -238,27 +249,39 @@ class BufferStore:
         return PendingWrite(checksum, self.tmp_dir, encoding, self.max_buffer_size, self.fsync)
 
     def _check_free_space(self, incoming: int) -> None:
-        try:
-            st = os.statvfs(self.directory)
-        except OSError as exc:
-            raise_for_oserror(exc, "checking free space")
-            return
-        free = st.f_bavail * st.f_frsize
-        if free < incoming + self.reserve_free_bytes:
-            from ..errors import StoreFull
+        """Refuse (StoreFull) a write that would leave less than the reserve free.
 
-            raise StoreFull(
-                f"not enough free space on the buffer store: {free} bytes free, "
-                f"{incoming} needed plus a reserve of {self.reserve_free_bytes}"
-            )
+        A statvfs reading is reused for FREE_SPACE_TTL seconds, minus what was admitted
+        since; a refusal is only ever based on a fresh reading. ENOSPC during the write
+        itself is still caught as StoreFull."""
+        now = time.monotonic()
+        fresh = now - self._free_checked_at > FREE_SPACE_TTL
+        for attempt in (0, 1):
+            if fresh:
+                try:
+                    st = os.statvfs(self.directory)
+                except OSError as exc:
+                    raise_for_oserror(exc, "checking free space")
+                    return
+                self._free_bytes, self._free_checked_at = st.f_bavail * st.f_frsize, now
+            if self._free_bytes >= incoming + self.reserve_free_bytes:
+                self._free_bytes -= incoming
+                return
+            if fresh:
+                break
+            fresh = True
+        raise StoreFull(
+            f"not enough free space on the buffer store: {self._free_bytes} bytes free, "
+            f"{incoming} needed plus a reserve of {self.reserve_free_bytes}"
+        )
 
-    def finish_write(self, pending: PendingWrite) -> bool:
+    def finish_write(self, pending: PendingWrite, *, check_exists: bool = True) -> bool:
         """Verify and commit; True if the buffer is new, False if it was already there.
 
         On any error the temp file is removed and nothing becomes visible."""
         try:
             pending.verify()
-            if self._stat_many([pending.checksum])[0] is not None:
+            if check_exists and self._stat_many([pending.checksum])[0] is not None:
                 pending.abort()
                 return False
             pending.commit(self.primary_location(pending.checksum))
@@ -278,7 +301,7 @@ class BufferStore:
         except BaseException:
             pending.abort()
             raise
-        return self.finish_write(pending)
+        return self.finish_write(pending, check_exists=False)
 
     # -- damage -----------------------------------------------------------------------
 

@@ -214,26 +214,30 @@ class BufferService:
         encoding: str | None,
         expected_size: int | None,
     ) -> bool:
-        buffered = bytearray()
+        parts: list[bytes] = []
+        size = 0
         pending: PendingWrite | None = None
         done = False
         try:
             async for chunk in chunks:
-                buffered += chunk
-                if len(buffered) >= CHUNK:
+                parts.append(chunk)
+                size += len(chunk)
+                if size >= CHUNK:
                     if pending is None:
                         pending = await self.run_sync(
                             self.store.begin_write, checksum, encoding, expected_size
                         )
-                    piece, buffered = bytes(buffered), bytearray()
+                    piece = b"".join(parts)
+                    parts, size = [], 0
                     await self.run_sync(pending.feed, piece)
+            rest = b"".join(parts)
             if pending is None:
                 # The whole body fitted in one piece: write it in a single hop.
-                created = await self.run_sync(self.store.put, checksum, bytes(buffered), encoding)
+                created = await self.run_sync(self.store.put, checksum, rest, encoding)
                 done = True
                 return created
-            if buffered:
-                await self.run_sync(pending.feed, bytes(buffered))
+            if rest:
+                await self.run_sync(pending.feed, rest)
             created = await self.run_sync(self.store.finish_write, pending)
             done = True
             return created

@@ -120,7 +120,13 @@ class PendingWrite:
         os.close(fd)
         try:
             created_dir = _ensure_directory(location.directory)
-            os.rename(self.tmp_path, location.path)
+            try:
+                os.rename(self.tmp_path, location.path)
+            except FileNotFoundError:
+                # the shard directory was removed behind the node's back: make it again
+                _known_directories.discard(location.directory)
+                created_dir = _ensure_directory(location.directory)
+                os.rename(self.tmp_path, location.path)
             if self.fsync:
                 fsync_directory(location.directory)
                 if created_dir:
@@ -144,8 +150,17 @@ class PendingWrite:
             pass
 
 
+_known_directories: set[str] = set()
+
+
 def _ensure_directory(path: str) -> bool:
-    """Create the shard directory if needed; True if it was created."""
+    """Create the shard directory if needed; True if it was created.
+
+    A shard found to be a plain directory is remembered (256 of them at most per store),
+    so a write does not stat it again; a symlink planted later over it still makes the
+    rename fail or, if it succeeded, makes reads refuse the file."""
+    if path in _known_directories:
+        return False
     try:
         os.mkdir(path, 0o755)
     except FileExistsError:
@@ -155,5 +170,7 @@ def _ensure_directory(path: str) -> bool:
                 "the buffer store is damaged (a shard directory is not a plain directory); "
                 "the operator should run seamless-node fsck"
             ) from None
+        _known_directories.add(path)
         return False
+    _known_directories.add(path)
     return True

@@ -53,8 +53,11 @@ class Request:
         self.headers: dict[str, str] = {}
         for name, value in scope["headers"]:
             self.headers[name.decode("latin1").lower()] = value.decode("latin1")
-        self.body_complete = False
         self.response_started = False
+        try:
+            self.body_complete = not self.has_body
+        except BadRequest:
+            self.body_complete = False
 
     @property
     def content_length(self) -> int | None:
@@ -84,8 +87,6 @@ class Request:
 
     def body(self, limits: BodyLimits) -> AsyncIterator[bytes]:
         """The body in the chunks received, under *limits*."""
-        if not self.has_body:
-            self.body_complete = True
         return limited(self._raw_chunks(), limits)
 
     async def read_json(self, limits: BodyLimits) -> Any:

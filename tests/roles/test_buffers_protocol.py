@@ -252,3 +252,13 @@ async def test_early_answers_close_the_connection_and_leak_nothing(start_node, h
     with trio.fail_after(10):
         while len(os.listdir("/proc/self/fd")) > fds_before + 4:
             await trio.sleep(0.2)
+
+
+async def test_gets_keep_the_connection_alive(node, http):
+    cs, data = random_buffer(5 << 20)
+    await http.put(f"{node.buffers_url}/{cs}", content=data)
+    small, small_data = random_buffer(10)
+    await http.put(f"{node.buffers_url}/{small}", content=small_data)
+    for checksum in (cs, small, MISSING):
+        r = await http.get(f"{node.buffers_url}/{checksum}")
+        assert r.headers.get("connection") != "close"

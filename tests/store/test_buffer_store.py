@@ -242,3 +242,13 @@ def test_disk_reserve_refuses_writes(tmp_path):
 
     with pytest.raises(StoreFull):
         s.put(*random_buffer(10))
+
+
+def test_shard_directory_removed_behind_the_nodes_back_is_made_again(store):
+    import shutil
+
+    cs, data = random_buffer(100)
+    store.put(cs, data)
+    shutil.rmtree(os.path.join(store.directory, cs[:2]))
+    assert store.put(cs, data) is True
+    assert store.read(cs) == data
