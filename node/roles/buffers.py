@@ -65,7 +65,10 @@ class BuffersRole(Role):
     async def get_buffer(self, request: FastRequest) -> FastResponse:
         checksum = parse_checksum(request.match.group(1))
         service = self.context.buffers
-        found = await service.get(checksum, accepted_encodings(request.headers.get("accept-encoding")))
+        accept = accepted_encodings(request.headers.get("accept-encoding"))
+        found = await service.get(checksum, accept)
+        if found is None and await self.context.fetch_missing(checksum):
+            found = await service.get(checksum, accept)  # fetched from a peer, verified
         if found is None:
             return FastResponse(404, b"Not found")
         headers = {"Content-Encoding": found.encoding} if found.encoding else {}
