@@ -23,6 +23,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable, Sequence
 
+import h11
 import httpx
 import trio
 
@@ -59,14 +60,13 @@ class PeerSource:
 
     @asynccontextmanager
     async def open(self, checksum: str) -> AsyncIterator[OpenedBuffer]:
-        async with self.client.stream(
-            self.name, "GET", f"/federation/buffers/{checksum}", time_limit=self.timeout
-        ) as response:
-            declared = response.headers.get("Content-Length")
+        target = f"/federation/buffers/{checksum}"
+        async with self.client.download(self.name, target, time_limit=self.timeout) as (headers, body):
+            declared = headers.get("content-length")
             length = int(declared) if declared is not None and declared.isdigit() else None
-            if response.headers.get("Content-Encoding", "identity") != "identity":
+            if headers.get("content-encoding", "identity") != "identity":
                 raise FetchFailed("wrong-bytes", "the peer sent an encoding that was not asked for")
-            yield OpenedBuffer(length, response.aiter_raw())
+            yield OpenedBuffer(length, body)
 
 
 async def guarded(
@@ -87,7 +87,7 @@ async def guarded(
                 chunk = await iterator.__anext__()
             except StopAsyncIteration:
                 break
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
+            except (httpx.TransportError, httpx.TimeoutException, h11.ProtocolError, OSError) as exc:
                 raise FetchFailed(
                     "truncated", f"connection broke after {total} of {length} bytes: {exc}"
                 ) from None

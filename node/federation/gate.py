@@ -4,9 +4,11 @@ Order of checks (each failure ends the request; no work, no process, nothing sto
 
 1. **401** the signature headers (signing.verify_request: known peer, key of that peer
    valid now and not revoked, destination is this node, body hash, signature, timestamp
-   within ``max_clock_skew``). A configured peer whose key we do not know yet (first
-   contact, or it rotated) gets its key set fetched once (at most every 10 s) and the
-   request re-checked.
+   within ``max_clock_skew``). When a configured peer presents a key we do not know yet
+   (first contact, or it rotated), its key set is taken from the ``X-Seamless-Key-Set``
+   header the peer sends on a retry (peers.PeerClient does), else fetched from its
+   ``/federation/keys`` (rate-limited); either is self-certifying and must extend the key
+   set already known. Then the request is checked again.
 2. **401** the nonce: recorded in the persistent NonceStore; seen before -> replay.
 3. **403** the capability: a valid link *this node* signed must grant it to the origin.
 4. **429** the grant's limits: ``max_concurrent`` requests in flight, ``max_per_minute``.
@@ -19,6 +21,7 @@ so that nobody can grow the metrics by inventing node ids).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,7 +31,10 @@ import trio
 
 from ..errors import NodeError
 from ..metrics import Metrics
+from .canonical import b64decode
 from .canonical import now as wall_clock
+from .identity import IdentityError, KeySet
+from .peers import KEYSET_HEADER
 from .registry import Grant
 from .replay import NonceStore
 from .signing import Reason, Verdict, verify_request
@@ -36,6 +42,7 @@ from .signing import Reason, Verdict, verify_request
 log = logging.getLogger("seamless_node.federation")
 
 KEY_REFRESH_INTERVAL = 10.0
+MAX_PUSHED_KEYSET = 64 * 1024
 
 
 class Refusal(NodeError):
@@ -116,6 +123,17 @@ class Gate:
             max_skew=self.max_skew,
         )
 
+    def _learn_pushed(self, origin: str, pushed: str | None) -> bool:
+        """Adopt the key set a configured peer sent along (self-certifying: it must hash to
+        the origin's node id and, if we know one already, extend it)."""
+        if not pushed or len(pushed) > MAX_PUSHED_KEYSET or origin not in self.watcher.registry.peers:
+            return False
+        try:
+            keyset = KeySet.from_document(json.loads(b64decode(pushed)), node_id=origin)
+        except (ValueError, IdentityError, RecursionError):
+            return False
+        return bool(self.watcher.learn(keyset))
+
     async def _refresh_keys(self, origin: str, key: bytes) -> bool:
         """Fetch a configured peer's key set when it presents a key we do not know: at most
         once per KEY_REFRESH_INTERVAL for each key, and per peer from a small token bucket
@@ -154,7 +172,10 @@ class Gate:
         await self.watcher.refresh()
         verdict = self._verify(method, target, headers, body_sha256)
         if verdict.reason in (Reason.UNKNOWN_ORIGIN, Reason.UNKNOWN_KEY) and verdict.request is not None:
-            if await self._refresh_keys(verdict.request.origin, verdict.request.key):
+            claimed = verdict.request.origin
+            if self._learn_pushed(claimed, headers.get(KEYSET_HEADER)) or await self._refresh_keys(
+                claimed, verdict.request.key
+            ):
                 verdict = self._verify(method, target, headers, body_sha256)
         origin = verdict.request.origin if verdict.request is not None else None
         if not verdict.ok:

@@ -22,16 +22,24 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
+import h11
 import httpx
+import trio
 
 from ..errors import NodeError
+from .canonical import b64encode, canonical_json
 from .canonical import now as wall_clock
+from .download import open_download
 from .identity import IdentityError, KeySet
 from .signing import sign_request
 
 log = logging.getLogger("seamless_node.federation")
 
 REFUSAL_HEADER = "X-Seamless-Refusal"
+#: our key set (base64url of its canonical JSON), sent again with a request a peer refused
+#: because it does not know our keys yet (first contact, or after a rotation)
+KEYSET_HEADER = "X-Seamless-Key-Set"
+_UNKNOWN_US = ("unknown-origin", "unknown-key")
 #: most bytes of a JSON answer read from a peer
 MAX_ANSWER = 64 * 1024 * 1024
 
@@ -81,6 +89,9 @@ class PeerClient:
     def urls(self, peer: str) -> tuple[str, ...]:
         return self.watcher.registry.endpoints(peer, self.clock())
 
+    def keyset_header(self) -> str:
+        return b64encode(canonical_json(self.watcher.identity.keyset.to_document()))
+
     def _prepare(
         self, peer: str, base: str, method: str, target: str, body: bytes, on_behalf_of: str
     ) -> tuple[str, dict[str, str]]:
@@ -117,12 +128,8 @@ class PeerClient:
             raise PeerUnreachable(peer, "no URL known (set urls in its peers entry)")
         last: Exception | None = None
         for base in urls:
-            url, headers = self._prepare(peer, base, method, target, body, on_behalf_of)
-            request = self.http.build_request(
-                method, url, content=body, headers=headers, timeout=time_limit or self.timeout
-            )
             try:
-                response = await self.http.send(request, stream=True)
+                response = await self._send(peer, base, method, target, body, on_behalf_of, time_limit)
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 last = exc
                 continue
@@ -137,6 +144,30 @@ class PeerClient:
             finally:
                 await response.aclose()
         raise PeerUnreachable(peer, f"cannot connect: {last}")
+
+    async def _send(
+        self,
+        peer: str,
+        base: str,
+        method: str,
+        target: str,
+        body: bytes,
+        on_behalf_of: str,
+        time_limit: float | None,
+    ) -> httpx.Response:
+        """Send once; if the peer does not know our keys yet, once more with our key set."""
+        extra: dict[str, str] = {}
+        while True:
+            url, headers = self._prepare(peer, base, method, target, body, on_behalf_of)
+            request = self.http.build_request(
+                method, url, content=body, headers={**headers, **extra}, timeout=time_limit or self.timeout
+            )
+            response = await self.http.send(request, stream=True)
+            refusal = response.headers.get(REFUSAL_HEADER)
+            if extra or response.status_code != 401 or refusal not in _UNKNOWN_US:
+                return response
+            await response.aclose()
+            extra = {KEYSET_HEADER: self.keyset_header()}
 
     async def call(
         self, peer: str, method: str, target: str, payload: Any = None, *, on_behalf_of: str = ""
@@ -158,6 +189,49 @@ class PeerClient:
             raise PeerMisbehaved(peer, "answer is not JSON") from None
 
     # -- the federation protocol ------------------------------------------------------
+
+    @asynccontextmanager
+    async def download(
+        self, peer: str, target: str, *, time_limit: float | None = None
+    ) -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+        """A signed GET whose (large) answer streams in 1 MiB pieces (see download.py).
+
+        Yields the answer's headers (lowercase names) and its raw body; PeerRefused for
+        any status but 2xx, PeerUnreachable when no URL answers with a response head."""
+        urls = self.urls(peer)
+        if not urls:
+            raise PeerUnreachable(peer, "no URL known (set urls in its peers entry)")
+        last: Exception | None = None
+        for base in urls:
+            extra: dict[str, str] = {}
+            while True:
+                url, headers = self._prepare(peer, base, "GET", target, b"", "")
+                yielded = False
+                try:
+                    async with open_download(
+                        url, {**headers, **extra}, head_timeout=time_limit or self.timeout
+                    ) as (status, answer, body):
+                        refusal = answer.get(REFUSAL_HEADER.lower(), "")
+                        if status == 401 and not extra and refusal in _UNKNOWN_US:
+                            extra = {KEYSET_HEADER: self.keyset_header()}
+                            continue
+                        if status >= 300:
+                            text = b""
+                            with trio.move_on_after(self.timeout):
+                                async for chunk in body:
+                                    text += chunk
+                                    if len(text) > 1000:
+                                        break
+                            raise PeerRefused(peer, status, refusal, text[:1000].decode("utf-8", "replace"))
+                        yielded = True
+                        yield answer, body
+                        return
+                except (OSError, trio.TooSlowError, h11.ProtocolError) as exc:
+                    if yielded:
+                        raise
+                    last = exc
+                    break
+        raise PeerUnreachable(peer, f"cannot download: {last}")
 
     async def keys(self, peer: str) -> KeySet:
         """The peer's key set, verified against its node id (unsigned request)."""

@@ -102,6 +102,7 @@ class Cluster:
         not_before: int | None = None,
         not_after: int | None = None,
         identity: NodeIdentity | None = None,
+        endpoints: bool = True,
     ) -> SignedLink:
         """Issue a link issuer -> subject and list it in both nodes' peers files."""
         self.serial += 1
@@ -114,7 +115,7 @@ class Cluster:
             not_after=now + 3600 if not_after is None else not_after,
             serial=self.serial,
             issued_at=now,
-            subject_endpoints=(subject.url,) if subject.url else (),
+            subject_endpoints=(subject.url,) if subject.url and endpoints else (),
         )
         if identity is None:
             signed = sign_link(link, issuer.identity)

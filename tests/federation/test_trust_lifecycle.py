@@ -159,3 +159,24 @@ async def test_pushed_claims_need_results_write(cluster: Cluster):
     assert await b.federation.client.push_claims(a.node_id, [claim, forged]) == ["valid", "wrong-signer"]
     answer = await a.context.lookup_result(tf)
     assert answer.result == result and answer.source == "claim"
+
+
+async def test_first_contact_without_a_url_for_the_requester(cluster: Cluster):
+    """B cannot reach A (no URL): A's key set comes with A's retried request, self-certified."""
+    a, b = await pair(cluster)
+    cluster.grant(b, a, "buffers:read", endpoints=False)
+    cluster.peer(b, a, urls=[])
+    await cluster.configure()
+    assert b.federation.registry.endpoints(a.node_id, int(time.time())) == ()
+    assert b.federation.registry.keyset(a.node_id) is None
+    assert await a.federation.client.has(b.node_id, ["0" * 64]) == [None]
+    assert b.federation.registry.keyset(a.node_id) == a.identity.keyset
+    # a key set pushed in another node's name is refused
+    from node.federation.gate import Gate
+
+    gate: Gate = b.federation.gate
+    assert not gate._learn_pushed(a.node_id, "garbage")
+    c = cluster.add("c", "127.0.0.3")
+    from node.federation.canonical import b64encode, canonical_json
+
+    assert not gate._learn_pushed(a.node_id, b64encode(canonical_json(c.identity.keyset.to_document())))

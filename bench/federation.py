@@ -1,0 +1,270 @@
+"""Federation benchmark: fetching a buffer from a peer, against nginx-to-curl.
+
+Run it as ``.venv/bin/python bench/federation.py`` (``--size-mib 64 --rounds 2`` for a
+quick run; nginx and curl must be installed: ``apt-get install nginx-light curl``). It
+creates two nodes in a temporary directory, each with its own key (``seamless-node
+keygen``), B granting A ``buffers:read`` (``seamless-node link grant``), starts them as
+processes (A on 127.0.0.1, B on 127.0.0.2, free ports), uploads one random buffer of
+``--size-mib`` MiB to B, and measures, in alternating rounds (median reported):
+
+1. **peer fetch**: ``POST /api/v1/peers/fetch/<cs>`` on A, which does what a GET of a
+   missing buffer does: presence query to B, signed streamed download, verified write into
+   A's store (hash, fsync, rename). The buffer is removed from A's store between rounds.
+   Also with A's ``buffers.fsync`` off, which isolates the cost of durability.
+2. **nginx to curl**: nginx (one worker, sendfile) serving B's buffer directory, and
+   ``curl -o /dev/null`` downloading the same buffer: the ceiling of a plain HTTP copy on
+   this machine (no hashing, no disk write).
+
+Goal (issue #5): peer fetch at least 0.5x nginx-to-curl. The forwarded-job latency part of
+the benchmark waits for job forwarding. MB is 10^6 bytes; every read is from the page
+cache. Results go to the terminal and to bench/results/federation.json; every process
+and the temporary directory are removed on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+LISTEN_RE = re.compile(r"seamless-node listening on (http://\S+)")
+MB = 1e6
+
+
+def cli(*args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "node", *args], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return out.stdout
+
+
+class Proc:
+    def __init__(self, cmd: list[str], log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(log, "ab"),
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def url(self, timeout: float = 30.0) -> str:
+        found: list[str] = []
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for raw in self.proc.stdout:
+                m = LISTEN_RE.search(raw.decode(errors="replace"))
+                if m and not found:
+                    found.append(m.group(1))
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not found and time.monotonic() < deadline and self.proc.poll() is None:
+            time.sleep(0.05)
+        if not found:
+            self.stop()
+            raise RuntimeError(f"did not start; see {self.log}:\n{self.log.read_text()[-2000:]}")
+        return found[0]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+NGINX_CONF = """\
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log stderr warn;
+{user}
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    default_type application/octet-stream;
+    server {{
+        listen {host}:{port};
+        root {root};
+        location = /healthcheck {{ return 200 "OK"; }}
+        location / {{ rewrite "^/([0-9a-f]{{2}})([0-9a-f]{{62}})$" /$1/$1$2 break; return 404; }}
+    }}
+}}
+"""
+
+
+def start_nginx(root: Path, tmp: Path, host: str) -> tuple[Proc, str]:
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(exe):
+        raise SystemExit("nginx is not installed (apt-get install nginx-light)")
+    user = ""
+    if os.geteuid() == 0:  # workers run as nobody: they only read the directory
+        import grp
+        import pwd
+
+        user = f"user {pwd.getpwuid(65534).pw_name} {grp.getgrgid(65534).gr_name};"
+    port = free_port(host)
+    tmp.mkdir()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, user=user, host=host, port=port, root=root))
+    proc = Proc([exe, "-p", str(tmp), "-c", str(conf), "-e", "stderr"], tmp / "nginx.log")
+    url = f"http://{host}:{port}"
+    for _ in range(100):
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/healthcheck").status_code == 200:
+                return proc, url
+        time.sleep(0.1)
+    proc.stop()
+    raise RuntimeError("nginx did not start")
+
+
+def curl_mb_s(url: str) -> float:
+    out = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download} %{http_code}", url],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    if out[1] != "200":
+        raise RuntimeError(f"curl got HTTP {out[1]} from {url}")
+    return float(out[0]) / MB
+
+
+def write_yaml(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+@contextlib.contextmanager
+def federation(tmp: Path, fsync: bool) -> Iterator[tuple[str, str, str, Path]]:
+    """Nodes A (127.0.0.1) and B (127.0.0.2), B granting A buffers:read."""
+    a_dir, b_dir = tmp / "a", tmp / "b"
+    a_id, b_id = cli("keygen", "--data-dir", str(a_dir)).strip(), cli("keygen", "--data-dir", str(b_dir)).strip()
+    link = tmp / "b-grants-a.link"
+    link.write_text(cli("link", "grant", "--data-dir", str(b_dir), "--to", a_id, "--grant", "buffers:read"))
+    write_yaml(b_dir / "peers.yaml", f"peers:\n  - node_id: {a_id}\n    name: a\n    links: [{link}]\n")
+    procs = []
+    try:
+        b = Proc([sys.executable, "-m", "node", "run", "--roles", "buffers", "--host", "127.0.0.2",
+                  "--port", "0", "--data-dir", str(b_dir)], tmp / "b.log")
+        procs.append(b)
+        b_url = b.url()
+        write_yaml(a_dir / "peers.yaml",
+                   f"peers:\n  - node_id: {b_id}\n    name: b\n    urls: [{b_url}]\n    links: [{link}]\n")
+        config = tmp / "a.yaml"
+        write_yaml(config, f"buffers:\n  fsync: {'true' if fsync else 'false'}\n")
+        a = Proc([sys.executable, "-m", "node", "run", "--roles", "buffers", "--host", "127.0.0.1",
+                  "--port", "0", "--data-dir", str(a_dir), "--config", str(config)], tmp / "a.log")
+        procs.append(a)
+        yield a.url(), b_url, b_id, a_dir
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def stored_path(data_dir: Path, cs: str) -> Path:
+    return data_dir / "buffers" / cs[:2] / cs
+
+
+def measure(size: int, rounds: int) -> dict[str, object]:
+    tmp = Path(tempfile.mkdtemp(prefix="seamless-bench-fed-"))
+    tmp.chmod(0o755)  # nginx's workers read B's buffer directory
+    data = os.urandom(size)
+    import hashlib
+
+    cs = hashlib.sha256(data).hexdigest()
+    results: dict[str, list[float]] = {"peer_fetch": [], "peer_fetch_nofsync": [], "nginx_curl": []}
+    try:
+        for fsync, key in ((True, "peer_fetch"), (False, "peer_fetch_nofsync")):
+            sub = tmp / key
+            sub.mkdir()
+            with federation(sub, fsync) as (a_url, b_url, _b_id, a_dir), httpx.Client(timeout=600) as http:
+                r = http.put(f"{b_url}/buffers/{cs}", content=data)
+                assert r.status_code in (200, 201), r.text
+                ngx = None
+                if key == "peer_fetch":
+                    b_buffers = sub / "b" / "buffers"
+                    for d in (sub, sub / "b", b_buffers, b_buffers / cs[:2]):
+                        d.chmod(0o755)
+                    stored_path(sub / "b", cs).chmod(0o444)
+                    ngx, ngx_url = start_nginx(b_buffers, sub / "nginx", "127.0.0.2")
+                try:
+                    for _ in range(rounds):
+                        with contextlib.suppress(FileNotFoundError):
+                            stored_path(a_dir, cs).unlink()
+                        started = time.perf_counter()
+                        r = http.post(f"{a_url}/api/v1/peers/fetch/{cs}")
+                        elapsed = time.perf_counter() - started
+                        if r.status_code != 200 or not r.json()["present"]:
+                            raise RuntimeError(f"fetch failed: {r.text}\n{(sub / 'a.log').read_text()[-3000:]}")
+                        results[key].append(size / elapsed / MB)
+                        if ngx is not None:
+                            results["nginx_curl"].append(curl_mb_s(f"{ngx_url}/{cs}"))
+                finally:
+                    if ngx is not None:
+                        ngx.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in results.items() if v}
+    return {
+        "size_bytes": size,
+        "rounds": rounds,
+        "mb_s": med,
+        "all_mb_s": results,
+        "peer_fetch_vs_nginx": med["peer_fetch"] / med["nginx_curl"],
+        "peer_fetch_nofsync_vs_nginx": med["peer_fetch_nofsync"] / med["nginx_curl"],
+        "goal": "peer fetch at least 0.5x nginx-to-curl",
+        "cores": os.cpu_count(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    report = measure(args.size_mib * 1024 * 1024, args.rounds)
+    mb = report["mb_s"]
+    assert isinstance(mb, dict)
+    print(f"buffer of {args.size_mib} MiB, median of {args.rounds} rounds, MB/s (10^6 bytes/s):")
+    print(f"  peer fetch (verified, stored, fsync)   {mb['peer_fetch']:8.0f}")
+    print(f"  peer fetch (verified, stored, no fsync){mb['peer_fetch_nofsync']:8.0f}")
+    print(f"  nginx -> curl (-o /dev/null)           {mb['nginx_curl']:8.0f}")
+    ratio = report["peer_fetch_vs_nginx"]
+    assert isinstance(ratio, float)
+    print(f"  peer fetch / nginx-to-curl             {ratio:8.2f}x   (goal >= 0.5x: {'met' if ratio >= 0.5 else 'NOT met'})")
+    out = ROOT / "bench" / "results" / "federation.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

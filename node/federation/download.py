@@ -1,0 +1,115 @@
+"""A lean HTTP/1.1 GET for large buffer downloads from peers (h11 over trio streams).
+
+httpx reads a response body in 64 KiB pieces through anyio, which caps a download at
+about 500 MB/s here; a buffer fetched from a peer is hashed and written anyway, so this
+client reads 1 MiB at a time from the socket (or TLS stream) and reads ahead: the next
+piece is received while the store hashes and writes the previous one in its worker
+thread. One connection per download (closed at the end): the cost of a connection is
+small next to a large buffer, and no half-read connection is ever reused.
+
+``open_download`` answers ``(status, headers, body)``; *body* yields the raw bytes (no
+content decoding) and raises ``h11.RemoteProtocolError`` when the peer closes early or
+breaks the protocol.
+"""
+
+from __future__ import annotations
+
+import ssl
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+READ_SIZE = 1 << 20
+#: pieces received ahead of the consumer
+READ_AHEAD = 4
+
+
+async def _events(conn: h11.Connection, stream: trio.abc.Stream) -> AsyncIterator[object]:
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(bytes(await stream.receive_some(READ_SIZE)))
+            continue
+        yield event
+        if isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            return
+
+
+@asynccontextmanager
+async def open_download(
+    url: str,
+    headers: dict[str, str],
+    *,
+    head_timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[tuple[int, dict[str, str], AsyncIterator[bytes]]]:
+    """GET *url* (scheme://host:port/target); yield the status, headers and body stream.
+
+    Connecting and receiving the response head must take less than *head_timeout* seconds
+    (trio.TooSlowError otherwise); the body has no deadline here (the caller's own)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    stream: trio.abc.Stream
+    with trio.fail_after(head_timeout):
+        if parts.scheme == "https":
+            stream = await trio.open_ssl_over_tcp_stream(
+                parts.hostname, port, ssl_context=ssl_context or ssl.create_default_context()
+            )
+        else:
+            stream = await trio.open_tcp_stream(parts.hostname, port)
+    async with stream:
+        conn = h11.Connection(h11.CLIENT)
+        request = h11.Request(
+            method="GET",
+            target=target,
+            headers=[("Host", parts.netloc), ("Connection", "close"), *headers.items()],
+        )
+        events = _events(conn, stream)
+        response = None
+        with trio.fail_after(head_timeout):
+            await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+            async for event in events:
+                if isinstance(event, h11.Response):
+                    response = event
+                    break
+        if response is None:
+            raise h11.RemoteProtocolError("no response")
+        answer_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers}
+
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            send, receive = trio.open_memory_channel[bytes | BaseException](READ_AHEAD)
+
+            async def produce() -> None:
+                async with send:
+                    try:
+                        async for event in events:
+                            if isinstance(event, h11.Data):
+                                await send.send(bytes(event.data))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # the consumer went away
+                    except Exception as exc:  # hand the failure to the consumer
+                        await send.send(exc)
+
+            async def body() -> AsyncIterator[bytes]:
+                async with receive:
+                    async for item in receive:
+                        if isinstance(item, BaseException):
+                            raise item
+                        yield item
+
+            nursery.start_soon(produce)
+            try:
+                yield response.status_code, answer_headers, body()
+            except Exception as exc:  # re-raised below, not wrapped in an exception group
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
