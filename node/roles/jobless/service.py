@@ -42,7 +42,10 @@ EVENT_BUFFER = 64
 @dataclass(eq=False)
 class Waiter:
     kind: str  # "jobserver" or "api"
-    detached: trio.Event = field(default_factory=trio.Event)
+    detached: bool = False
+    #: set when something this waiter may care about happened: the result is stored, the
+    #: job ended, or the waiter was detached
+    wake: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass(frozen=True)
@@ -164,25 +167,19 @@ class JobService:
         is detached; a caller that goes away detaches."""
         end = job.result_ready if result_only else job.done
         try:
-            if not end.is_set():
-                async with trio.open_nursery() as nursery:
-
-                    async def watch(event: trio.Event) -> None:
-                        await event.wait()
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(watch, end)
-                    nursery.start_soon(watch, job.done)
-                    nursery.start_soon(watch, waiter.detached)
+            while not (end.is_set() or job.done.is_set() or waiter.detached):
+                await waiter.wake.wait()
+                waiter.wake = trio.Event()
         finally:
-            if not job.done.is_set() and not job.result_ready.is_set() and not waiter.detached.is_set():
+            if not job.done.is_set() and not job.result_ready.is_set() and not waiter.detached:
                 self.detach(job, waiter, explicit=False)
 
     def detach(self, job: Job, waiter: Waiter, *, explicit: bool) -> None:
         if waiter not in job.waiters:
             return
         job.waiters.remove(waiter)
-        waiter.detached.set()
+        waiter.detached = True
+        waiter.wake.set()
         if job.waiters or job.state.terminal or job.result_ready.is_set():
             return
         if explicit:
@@ -211,8 +208,6 @@ class JobService:
     def _cancel(self, job: Job, why: str) -> None:
         if self._transition(job, Event.CANCEL, error=why):
             job.scope.cancel()
-            for waiter in job.waiters:
-                waiter.detached.set()
 
     # ------------------------------------------------------------------- events
 
@@ -224,6 +219,16 @@ class JobService:
         else:
             job.subscribers.append(send)
         return receive
+
+    @staticmethod
+    def _wake_all(job: Job) -> None:
+        for waiter in job.waiters:
+            waiter.wake.set()
+
+    def _result_ready(self, job: Job, result: str) -> None:
+        job.result = result
+        job.result_ready.set()
+        self._wake_all(job)
 
     @staticmethod
     def _event(job: Job) -> JobEvent:
@@ -244,6 +249,7 @@ class JobService:
             self.counts[job.state.value] += 1
             job.done.set()
             job.checked.set()
+            self._wake_all(job)
             job.waiters.clear()
             if self.active.get(job.checksum) is job:
                 del self.active[job.checksum]
@@ -308,8 +314,7 @@ class JobService:
             nursery.start_soon(lookup)
             nursery.start_soon(gather)
         if known is not None:
-            job.result = known
-            job.result_ready.set()
+            self._result_ready(job, known)
             self._transition(job, Event.SUCCEED, result=known, cached=True)
             return
         if missing is not None:
@@ -343,8 +348,7 @@ class JobService:
         }
         await self.gateway.store(outcome.buffers)
         # the result is safe: /jobserver clients get it now, while it is being recorded
-        job.result = outcome.result
-        job.result_ready.set()
+        self._result_ready(job, outcome.result)
         with trio.CancelScope(shield=True):
             try:
                 await self.gateway.record(job.checksum, outcome.result, record)

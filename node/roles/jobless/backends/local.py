@@ -93,12 +93,12 @@ class Worker:
 
     async def run(self, spec: JobSpec, started: Callable[[], None]) -> JobOutcome:
         await self.send({"op": "run"}, [spec.to_bytes()])
+        started()  # the worker hands the job to a process it forked ahead: it runs now
         try:
             while True:
                 header, blobs = await self.receive()
                 if header.get("op") == "started":
                     self.job_pid = int(header["pid"])
-                    started()
                 elif header.get("op") == "outcome":
                     self.job_pid = None
                     return JobOutcome.from_bytes(blobs[0])
