@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from node.transformation import transformation_checksum
-from tests.roles.jobless.support import JOBLESS, Transformations, job_processes, wait_for
+from tests.roles.jobless.support import JOBLESS, Transformations, job_processes, processes_matching, wait_for
 
 BASH = "sleep 1000 & sleep 1000; wait"
 PYTHON = "def spin():\n    while True:\n        pass\n"
@@ -99,3 +99,19 @@ async def test_hard_cancel_ignores_other_waiters(start_node, http):
     r = await http.delete(f"{node.url}/api/v1/jobs/{cs}", params={"hard": 1})
     assert r.json()["job"]["state"] == "cancelled"
     await wait_for(lambda: not job_processes(), timeout=2)
+
+
+async def test_killed_node_leaves_no_job_processes(node_process, http, tmp_path):
+    """SIGKILL of the node (no shutdown at all): its workers see their input end and kill
+    their jobs; the processes forked ahead die with their workers (PR_SET_PDEATHSIG)."""
+    proc = node_process("--roles", "buffers,database,jobless", data_dir=tmp_path / "killed")
+    tfs = Transformations()
+    tf = tfs.bash("sleep 1008 & sleep 1008; wait")
+    await tfs.upload(http, proc.url)
+    r = await http.post(f"{proc.url}/api/v1/jobs", json={"transformation": tf})
+    assert r.status_code == 202
+    marker = str(tmp_path / "killed")
+    await wait_for(lambda: len(processes_matching("sleep 1008")) >= 2, timeout=10)
+    assert processes_matching(marker)  # the workers, started with the node's data dir
+    proc.kill()
+    await wait_for(lambda: not processes_matching("sleep 1008", marker), timeout=2)

@@ -162,6 +162,9 @@ def prepare(job_root: str) -> Child:
 def finish(child: Child, keep: frozenset[int] = frozenset()) -> None:
     """After the job: let the child exit (or kill it), kill what is left, remove the
     job directory."""
+    if child.spec_fd >= 0:  # a child still waiting for its job ends at end of input
+        os.close(child.spec_fd)
+        child.spec_fd = -1
     poller = select.poll()
     poller.register(child.pidfd, select.POLLIN)
     if child.status is None:
@@ -170,7 +173,7 @@ def finish(child: Child, keep: frozenset[int] = frozenset()) -> None:
         kill_group(child.pid)
     child.reap()
     reap_leftovers(keep=keep)
-    for fd in (child.pidfd, child.spec_fd, child.out_fd):
+    for fd in (child.pidfd, child.out_fd):
         try:
             os.close(fd)
         except OSError:
