@@ -181,3 +181,24 @@ def test_is_local():
         assert is_local(address), address
     for address in ("10.0.0.1", "192.168.1.2", "::ffff:10.0.0.1", "fe80::1", "", None, "localhost", "x"):
         assert not is_local(address), address
+
+
+async def test_inputs_and_results_at_another_node(start_node, http):
+    """jobless.buffer_url / database_url: a node with only the jobless role takes its
+    inputs from another node's buffer server, stores the result there and records it in
+    that node's database; a known result there answers at once."""
+    store = await start_node(node={"roles": ["buffers", "database"]})
+    remote = {"buffer_url": store.url + "/buffers", "database_url": store.url + "/database"}
+    runner = await start_node(node={"roles": ["jobless"]}, jobless=remote)
+    tfs = Transformations()
+    tf = tfs.python("def f(x):\n    return x * 3\n", x=14)
+    await tfs.upload(http, store.url)
+    job = await submit(http, runner.url, tf, wait=30)
+    assert job["state"] == "done", job
+    assert (await http.get(f"{store.url}/buffers/{job['result']}")).content == b"42\n"
+    query = {"type": "transformation", "checksum": job["checksum"]}
+    r = await http.post(f"{store.url}/api/v1/database/read", json=query)
+    assert r.json()["value"] == job["result"]
+    other = await start_node(node={"roles": ["jobless"]}, jobless=remote)
+    again = await submit(http, other.url, tf)
+    assert again["state"] == "done" and again["cached"] is True
