@@ -37,6 +37,8 @@ log = logging.getLogger("seamless_node.jobless")
 
 #: events kept per subscriber before the slowest ones are dropped
 EVENT_BUFFER = 64
+#: most jobs with their inputs in memory at once (see JobService.in_flight)
+IN_FLIGHT = 256
 
 
 @dataclass(eq=False)
@@ -114,6 +116,9 @@ class JobService:
         self.history = history
         self.counts: collections.Counter[str] = collections.Counter()
         self._nursery: trio.Nursery | None = None
+        #: jobs holding their inputs in memory (gathered, running, storing) at one time;
+        #: the others wait in the queue without them
+        self.in_flight = trio.CapacityLimiter(IN_FLIGHT)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -284,6 +289,9 @@ class JobService:
             except Exception as exc:
                 log.exception("job %s failed in the node", job.checksum)
                 self._transition(job, Event.FAIL, error=f"internal error: {exc}", failure_kind="internal")
+            finally:
+                if job in self.in_flight.statistics().borrowers:
+                    self.in_flight.release_on_behalf_of(job)
         if not job.state.terminal:  # cancelled from outside the state machine (shutdown)
             self._transition(job, Event.CANCEL, error="cancelled")
 
@@ -306,6 +314,7 @@ class JobService:
 
             async def gather() -> None:
                 nonlocal spec, missing
+                await self.in_flight.acquire_on_behalf_of(job)  # released when the job ends
                 try:
                     spec = await self.gateway.build_spec(tf, self.limits)
                 except InputMissing as exc:

@@ -107,7 +107,8 @@ def main(argv: list[str]) -> int:
             write_frame(stdout, pack({"op": "outcome"}, [outcome.to_bytes()]))
             continue
         for _attempt in range(2):
-            job = children["job"] = children.pop("ready", None) or prepare(job_root)
+            ready = children.pop("ready") if "ready" in children else None
+            job = children["job"] = ready or prepare(job_root)
             try:
                 outcome = run(job, spec, on_started=started, control_fd=stdin,
                               should_cancel=should_cancel, payload=blobs[0])
