@@ -38,7 +38,7 @@ def test_submit_status_cancel_jobs(node_process, tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["state"] == "done"
 
     r = cli("submit", str(tmp_path / "slow.json"), "--url", proc.url)
-    assert r.returncode == 0 and "state    queued" in r.stdout or "state    running" in r.stdout
+    assert r.returncode == 0 and ("state    queued" in r.stdout or "state    running" in r.stdout)
     slow_cs = transformation_checksum(slow)
     deadline = time.monotonic() + 10
     while "running" not in cli("status", slow_cs, "--url", proc.url).stdout:
