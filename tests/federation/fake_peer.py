@@ -95,7 +95,9 @@ class FakePeer:
             body += await stream.receive_some(65536)
         return Received(method, target, headers, body)
 
-    async def _send(self, stream: trio.SocketStream, status: int, body: bytes, length: int | None = -1) -> None:
+    async def _send(
+        self, stream: trio.SocketStream, status: int, body: bytes, length: int | None = -1
+    ) -> None:
         head = f"HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Type: application/octet-stream\r\n"
         if length == -1:
             length = len(body)

@@ -33,8 +33,20 @@ def test_keygen_link_revoke_verify(tmp_path: Path):
     assert code == 2 and "exists already" in err
     b_id = run("keygen", "--data-dir", b)[1].strip()
     code, text, err = run(
-        "link", "grant", "--data-dir", a, "--to", b_id, "--grant", "buffers:read,results:read,jobs:submit",
-        "--limit", "jobs:submit.max_concurrent=4", "--expires", "90d", "--endpoint", "http://127.0.0.2:5533",
+        "link",
+        "grant",
+        "--data-dir",
+        a,
+        "--to",
+        b_id,
+        "--grant",
+        "buffers:read,results:read,jobs:submit",
+        "--limit",
+        "jobs:submit.max_concurrent=4",
+        "--expires",
+        "90d",
+        "--endpoint",
+        "http://127.0.0.2:5533",
     )
     assert code == 0, err
     signed = parse_link_text(text)
@@ -80,7 +92,9 @@ def test_key_rotate_keeps_the_id(tmp_path: Path):
 
 
 def test_commands_without_a_key_fail_clearly(tmp_path: Path):
-    code, _, err = run("link", "grant", "--data-dir", str(tmp_path), "--to", "a" * 52, "--grant", "buffers:read")
+    code, _, err = run(
+        "link", "grant", "--data-dir", str(tmp_path), "--to", "a" * 52, "--grant", "buffers:read"
+    )
     assert code == 2 and "keygen" in err
     code, _, err = run("peers", "--data-dir", str(tmp_path))
     assert code == 2 and "keygen" in err
@@ -98,7 +112,9 @@ async def test_peers_command_against_running_nodes(cluster: Cluster, http: httpx
     a.federation._save_state()
     proc = await trio.run_process(
         [sys.executable, "-m", "node", "peers", "--data-dir", str(a.data_dir), "--json"],
-        capture_stdout=True, capture_stderr=True, check=False,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr.decode()
     report = json.loads(proc.stdout)
@@ -110,7 +126,9 @@ async def test_peers_command_against_running_nodes(cluster: Cluster, http: httpx
     assert rows["c"]["reachable"] and rows["c"]["accepts_us"] is False
     proc = await trio.run_process(
         [sys.executable, "-m", "node", "peers", "--data-dir", str(a.data_dir)],
-        capture_stdout=True, capture_stderr=True, check=False,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
     text = proc.stdout.decode()
     assert "reachable    yes   accepts us: yes" in text and "we grant     buffers:read,results:read #" in text

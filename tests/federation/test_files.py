@@ -23,11 +23,16 @@ from .support import make_link
 A_ID = "a" * 52
 
 
+def write(path: str, text: str) -> None:
+    Path(path).write_text(text)
+
+
 def test_federation_section_from_yaml(tmp_path: Path):
     path = tmp_path / "site.yaml"
     path.write_text(
         "federation:\n  fetch_idle_timeout: 5s\n  peers:\n"
-        f"    - node_id: {A_ID}\n      name: a\n      urls: [http://127.0.0.2:5533]\n      fetch_buffers: false\n"
+        f"    - node_id: {A_ID}\n      name: a\n      urls: [http://127.0.0.2:5533]\n"
+        "      fetch_buffers: false\n"
     )
     config = build_config(config_file=str(path), environ={})
     assert config.federation.fetch_idle_timeout == 5
@@ -73,13 +78,13 @@ async def test_watcher_reloads_and_keeps_the_last_good_revocations(tmp_path: Pat
     assert watcher.registry.peers == {}
     link = make_link(me, peer.node_id, not_before=int(time.time()) - 5, not_after=int(time.time()) + 600)
     (tmp_path / "p.link").write_text(link.to_text())
-    Path(config.peers_file).write_text(f"peers:\n  - node_id: {peer.node_id}\n    links: [p.link]\n")
+    write(config.peers_file, f"peers:\n  - node_id: {peer.node_id}\n    links: [p.link]\n")
     await watcher.refresh()
     assert watcher.registry.incoming(peer.node_id, "buffers:read", int(time.time())).allowed
-    Path(config.revocations_file).write_text(f"links:\n  - serial: {link.link.serial}\n")
+    write(config.revocations_file, f"links:\n  - serial: {link.link.serial}\n")
     await watcher.refresh()
     assert not watcher.registry.incoming(peer.node_id, "buffers:read", int(time.time())).allowed
-    Path(config.revocations_file).write_text("links: [{serial: oops}]\n")  # broken: stays revoked
+    write(config.revocations_file, "links: [{serial: oops}]\n")  # broken: stays revoked
     await watcher.refresh()
     assert watcher.reload_error and "serial" in watcher.reload_error
     assert not watcher.registry.incoming(peer.node_id, "buffers:read", int(time.time())).allowed
@@ -98,7 +103,9 @@ def test_enabled_modes(tmp_path: Path):
     config = make_config(tmp_path / "n3")
     save_identity(config.key_file, NodeIdentity.generate(int(time.time())))
     assert build_node(config).context.federation is not None
-    assert build_node(make_config(tmp_path / "n3", federation={"enabled": "false"})).context.federation is None
+    assert (
+        build_node(make_config(tmp_path / "n3", federation={"enabled": "false"})).context.federation is None
+    )
 
 
 async def test_no_federation_routes_without_a_key(start_node, http: httpx.AsyncClient):
@@ -120,6 +127,13 @@ def test_peers_example_is_valid_and_documents_every_field():
     text = (root / "peers.example.yaml").read_text()
     for f in dataclasses.fields(FederationSection) + dataclasses.fields(PeerConfig):
         assert f"{f.name}:" in text, f.name
-    for cap in ("buffers:read", "buffers:write", "results:read", "results:write", "jobs:submit",
-                "compile:submit", "forward"):
+    for cap in (
+        "buffers:read",
+        "buffers:write",
+        "results:read",
+        "results:write",
+        "jobs:submit",
+        "compile:submit",
+        "forward",
+    ):
         assert cap in text

@@ -4,9 +4,9 @@ claims or replays requests: each is refused with nothing stored, and the honest 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 import os
 import time
+from collections import Counter
 
 import httpx
 import pytest
@@ -18,7 +18,13 @@ from tests.helpers import random_buffer
 
 from .conftest import Cluster
 
-FAST_FAIL = {"absence_ttl": 0, "fetch_idle_timeout": 1, "fetch_min_rate": 64 * 1024, "fetch_grace": 0.5, "request_timeout": 5}
+FAST_FAIL = {
+    "absence_ttl": 0,
+    "fetch_idle_timeout": 1,
+    "fetch_min_rate": 64 * 1024,
+    "fetch_grace": 0.5,
+    "request_timeout": 5,
+}
 
 
 async def setup(cluster: Cluster):
@@ -33,13 +39,13 @@ async def setup(cluster: Cluster):
 
 def store_files(node) -> list[str]:
     root = node.context.config.buffer_directory
-    return sorted(
-        os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files
-    )
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
 
 
 @pytest.mark.parametrize("mode", ["wrong", "truncated", "short", "long", "endless", "drip", "stall"])
-async def test_bad_bytes_are_refused_and_the_next_holder_serves(cluster: Cluster, http: httpx.AsyncClient, mode):
+async def test_bad_bytes_are_refused_and_the_next_holder_serves(
+    cluster: Cluster, http: httpx.AsyncClient, mode
+):
     a, b, m, fake = await setup(cluster)
     cs, data = random_buffer(1024 * 1024 + 3)
     fake.buffers[cs] = (data, mode)
@@ -48,9 +54,18 @@ async def test_bad_bytes_are_refused_and_the_next_holder_serves(cluster: Cluster
         assert await a.context.fetch_missing(cs) is False  # only M has it: refused
     assert store_files(a) == before  # nothing stored, no temp file left
     mark = a.federation.locator.bad.marks[m.node_id]
-    assert mark.reason in {"wrong": ("wrong-bytes",), "truncated": ("truncated",), "short": ("truncated",),
-                           "long": ("too-long",), "endless": ("too-long", "truncated"), "drip": ("too-slow",),
-                           "stall": ("stalled",)}[mode]
+    assert (
+        mark.reason
+        in {
+            "wrong": ("wrong-bytes",),
+            "truncated": ("truncated",),
+            "short": ("truncated",),
+            "long": ("too-long",),
+            "endless": ("too-long", "truncated"),
+            "drip": ("too-slow",),
+            "stall": ("stalled",),
+        }[mode]
+    )
     outcome = a.context.metrics.value("seamless_node_federation_fetches_total", peer="m", outcome=mark.reason)
     assert outcome == 1
     # the honest path: B gets it too; M is skipped while marked, B serves
@@ -79,7 +94,9 @@ def count_tasks() -> int:
     return walk(trio.lowlevel.current_root_task())
 
 
-async def test_partition_mid_fetch_fails_over_within_30s_without_leaks(cluster: Cluster, http: httpx.AsyncClient):
+async def test_partition_mid_fetch_fails_over_within_30s_without_leaks(
+    cluster: Cluster, http: httpx.AsyncClient
+):
     a = await cluster.start(
         cluster.add("a", "127.0.0.1", federation={"fetch_idle_timeout": 3}, node={"header_timeout": 1})
     )
@@ -113,7 +130,9 @@ async def test_partition_mid_fetch_fails_over_within_30s_without_leaks(cluster: 
     assert len(os.listdir("/proc/self/fd")) <= fds + 1  # +1: a pooled connection at most
 
 
-async def test_forged_result_claims_are_refused_and_honest_ones_used(cluster: Cluster, http: httpx.AsyncClient):
+async def test_forged_result_claims_are_refused_and_honest_ones_used(
+    cluster: Cluster, http: httpx.AsyncClient
+):
     a, b, m, fake = await setup(cluster)
     now = int(time.time())
     tf, result, other_tf = (hashlib.sha256(x).hexdigest() for x in (b"tf", b"result", b"other"))
@@ -161,14 +180,22 @@ async def test_replayed_requests_are_refused_also_after_a_restart(cluster: Clust
     # M replays to B a request A sent to M: addressed to M, refused by B
     await client.has(m.node_id, ["0" * 64])
     captured = fake.received[-1]
-    forwarded = await http.post(f"{b.url}/federation/buffers/has", content=captured.body, headers=captured.headers)
+    forwarded = await http.post(
+        f"{b.url}/federation/buffers/has", content=captured.body, headers=captured.headers
+    )
     assert forwarded.status_code == 401 and forwarded.headers["X-Seamless-Refusal"] == "wrong-destination"
     # M replays its own earlier request to B
     url_m, headers_m = (b.url + "/federation/buffers/has"), None
     from node.federation.signing import sign_request
 
-    headers_m = sign_request(m.identity, method="POST", target="/federation/buffers/has", body=b"[]",
-                             destination=b.node_id, timestamp=int(time.time()))
+    headers_m = sign_request(
+        m.identity,
+        method="POST",
+        target="/federation/buffers/has",
+        body=b"[]",
+        destination=b.node_id,
+        timestamp=int(time.time()),
+    )
     assert (await http.post(url_m, content=b"[]", headers=headers_m)).status_code == 200
     assert (await http.post(url_m, content=b"[]", headers=headers_m)).status_code == 401
     # restart B: the nonce store survives

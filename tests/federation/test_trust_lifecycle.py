@@ -51,7 +51,12 @@ async def test_link_lifecycle_over_the_wire(cluster: Cluster, name, case, status
     c = cluster.add("c", "127.0.0.3")  # never started: only its key signs
     signer = c.identity if case.get("wrong_signer") else None
     link = cluster.grant(
-        a, b, "buffers:read", not_before=case.get("not_before"), not_after=case.get("not_after"), identity=signer
+        a,
+        b,
+        "buffers:read",
+        not_before=case.get("not_before"),
+        not_after=case.get("not_after"),
+        identity=signer,
     )
     if case.get("revoke"):
         write_revocations(a, f"links:\n  - serial: {link.link.serial}\n")
