@@ -36,13 +36,21 @@ class Metrics:
             lines.append(f"# TYPE {name} counter")
             for labels, value in sorted(self._counters[name].items()):
                 label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                lines.append(f"{name}{{{label_text}}} {value:g}" if label_text else f"{name} {value:g}")
+                shown = _number(value)
+                lines.append(f"{name}{{{label_text}}} {shown}" if label_text else f"{name} {shown}")
         for name in sorted(self._gauges):
             if name in self._help:
                 lines.append(f"# HELP {name} {self._help[name]}")
             lines.append(f"# TYPE {name} gauge")
-            lines.append(f"{name} {self._gauges[name]():g}")
+            lines.append(f"{name} {_number(self._gauges[name]())}")
         return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    """Whole numbers in full (byte counters must not lose digits), others as repr."""
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
 
 
 def _escape(value: str) -> str:

@@ -185,3 +185,18 @@ async def test_first_contact_without_a_url_for_the_requester(cluster: Cluster):
     from node.federation.canonical import b64encode, canonical_json
 
     assert not gate._learn_pushed(a.node_id, b64encode(canonical_json(c.identity.keyset.to_document())))
+
+
+async def test_database_role_answers_from_peer_claims(cluster: Cluster, http: httpx.AsyncClient):
+    """The /database protocol itself asks linked peers for a transformation it lacks."""
+    a, b = await pair(cluster)
+    tf, result = hashlib.sha256(b"tf2").hexdigest(), hashlib.sha256(b"result2").hexdigest()
+    r = await http.put(f"{b.url}/database", json={"type": "transformation", "checksum": tf, "value": result})
+    assert r.status_code == 200, r.text
+    query = {"type": "transformation", "checksum": tf}
+    assert (await http.request("GET", f"{a.url}/database", json=query)).status_code == 404  # no link yet
+    cluster.grant(b, a, "results:read")
+    await cluster.configure()
+    r = await http.request("GET", f"{a.url}/database", json=query)
+    assert (r.status_code, r.text) == (200, result)
+    assert a.federation.claims.count() == 0  # untrusted for results:write: not stored
