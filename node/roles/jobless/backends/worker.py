@@ -1,129 +1,130 @@
-"""A local pool worker: ``python -m node.roles.jobless.backends.worker JOB_ROOT``.
+"""A local pool worker: ``python -m node.roles.jobless.backends.worker JOB_ROOT SOCKET_FD``.
 
 A long-lived, single-threaded process that has already imported everything a job needs
-(numpy, the celltypes, the executors), so that each job starts with a fork of a warm
-interpreter (about a millisecond) instead of a new one. It runs one job at a time and
-talks to the node over its stdin/stdout in frames (``uint32 length`` + ``spec.pack``):
+(numpy, the celltypes, the executors). It keeps the next job's process forked ahead
+(``supervisor.prepare``: own session, job directory, waiting for its spec) and *hands
+that process's two pipes to the node*: the node writes the spec straight into the job
+process and reads the outcome straight from it, so a job's round trip crosses no
+process but the job's own. The worker watches: the wall-time limit, cancellation, the
+process's end, and the cleanup afterwards.
+
+Control messages go over a Unix SOCK_SEQPACKET socket (one JSON object per message; file
+descriptors as SCM_RIGHTS):
 
 ====================  =================================================================
-node -> worker        ``{"op": "run"}`` + JobSpec bytes; ``{"op": "cancel"}``
-worker -> node        ``{"op": "ready"}`` once; ``{"op": "started", "pid": P}`` per job
-                      (P is the job's process group); ``{"op": "outcome"}`` + JobOutcome
+worker -> node        ``{"op": "ready", "pid": P}`` + [spec pipe (write end), outcome
+                      pipe (read end)] of the process forked ahead (P leads the job's
+                      process group); ``{"op": "exited", "ended_by": "exited" | "timeout"
+                      | "cancel", "how": ..., "stderr": ...}`` when the job's process
+                      has ended (killed, on timeout or cancel)
+node -> worker        ``{"op": "run", "wall_time": S, "memory": M}`` as the node writes
+                      the spec;
+                      ``{"op": "cancel"}``
 ====================  =================================================================
 
-Each job's process is forked ahead (``supervisor.prepare``) and the previous job is
-cleaned up after its outcome is sent, so neither costs a job's round trip. The worker is
-a child subreaper, so a job process that escapes its process group is re-parented here
-and killed when the job ends. End of stdin (the node went away) kills the running job
-and ends the worker.
+After "exited" the worker cleans up (the rest of the job's process group, processes that
+escaped it (the worker is a child subreaper), the job directory), forks the next job's
+process and offers it with "ready". End of input (the node went away) kills the running
+job and ends the worker; SIGTERM does the same at once.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
-import struct
+import socket
 import sys
-
-_LEN = struct.Struct("<I")
-
-
-def read_frame(fd: int) -> bytes | None:
-    """One whole frame from *fd* (blocking); None at end of input."""
-    head = _read_exactly(fd, _LEN.size)
-    if head is None:
-        return None
-    (size,) = _LEN.unpack(head)
-    return _read_exactly(fd, size)
-
-
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    parts, got = [], 0
-    while got < size:
-        chunk = os.read(fd, min(size - got, 1 << 20))
-        if not chunk:
-            return None
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
-def write_frame(fd: int, payload: bytes) -> None:
-    view = memoryview(_LEN.pack(len(payload)) + payload)
-    while view:
-        view = view[os.write(fd, view) :]
+import time
+from typing import Any
 
 
 def main(argv: list[str]) -> int:
-    job_root = argv[1]
+    job_root, sock = argv[1], socket.socket(fileno=int(argv[2]))
     # warm up: what every job needs is imported once, before any fork
     import numpy  # noqa: F401
 
     from ..executors import bash, become_subreaper, child, python  # noqa: F401
-    from ..executors.supervisor import Child, ChildLost, finish, kill_group, prepare, reap_leftovers, run
-    from ..spec import JobOutcome, JobSpec, pack, unpack
+    from ..executors import supervisor as sup
+    from ..executors.supervisor import Child
 
     become_subreaper()
     children: dict[str, Child] = {}  # "ready": forked ahead, "job": running the current job
 
     def terminate(signum: int, frame: object) -> None:
         for child_ in children.values():
-            kill_group(child_.pid)
-        reap_leftovers()
+            sup.kill_group(child_.pid)
+        sup.reap_leftovers()
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the node, which stops us
-    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-    sys.stdout = sys.stderr  # nothing but frames may reach the node's pipe
 
-    def started(pid: int) -> None:
-        write_frame(stdout, pack({"op": "started", "pid": pid}))
+    def send(message: dict[str, Any], fds: list[int] | None = None) -> None:
+        data = json.dumps(message).encode()
+        if fds:
+            socket.send_fds(sock, [data], fds)
+        else:
+            sock.send(data)
 
-    children["ready"] = prepare(job_root)
-    write_frame(stdout, pack({"op": "ready", "pid": os.getpid()}))
-    closing = False
-
-    def should_cancel() -> bool:
-        nonlocal closing
-        frame = read_frame(stdin)
-        if frame is None:
-            closing = True
-            return True
-        header, _ = unpack(frame)
-        return bool(header.get("op") == "cancel")
-
-    while not closing:
-        frame = read_frame(stdin)
-        if frame is None:
-            break
-        header, blobs = unpack(frame)
-        if header.get("op") != "run":
-            continue  # a cancel that arrived after its job ended
+    def receive() -> dict[str, Any] | None:
         try:
-            spec = JobSpec.from_bytes(blobs[0])
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            outcome = JobOutcome.failure("internal", f"malformed job spec: {exc}")
-            write_frame(stdout, pack({"op": "outcome"}, [outcome.to_bytes()]))
-            continue
-        for _attempt in range(2):
-            ready = children.pop("ready") if "ready" in children else None
-            job = children["job"] = ready or prepare(job_root)
-            try:
-                outcome = run(job, spec, on_started=started, control_fd=stdin,
-                              should_cancel=should_cancel, payload=blobs[0])
-                break
-            except ChildLost as exc:  # killed from outside while it waited: use a new one
-                finish(children.pop("job"))
-                outcome = JobOutcome.failure("internal", str(exc))
-        write_frame(stdout, pack({"op": "outcome"}, [outcome.to_bytes()]))
-        # after answering: clean up and fork the next job's process, off the round trip
-        if "job" in children:
-            finish(children.pop("job"))
-        if not closing:
-            children["ready"] = prepare(job_root)
+            data = sock.recv(65536)
+        except OSError:
+            return None
+        return json.loads(data) if data else None
+
+    def offer() -> None:
+        ready = children["ready"] = sup.prepare(job_root)
+        send({"op": "ready", "pid": ready.pid}, [ready.spec_fd, ready.out_fd])
+        os.close(ready.spec_fd)  # the node holds the pipes now
+        os.close(ready.out_fd)
+        ready.spec_fd = ready.out_fd = -1
+
+    def watch(job: Child, wall_time: float) -> tuple[str, bool]:
+        """Until the job's process ends: (how it was ended, whether the node went away)."""
+        poller = select.poll()
+        poller.register(job.pidfd, select.POLLIN)
+        poller.register(sock, select.POLLIN)
+        deadline = time.monotonic() + wall_time
+        ended_by, gone = "exited", False
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and ended_by == "exited":
+                ended_by = "timeout"
+                sup.kill_group(job.pid)
+            timeout = None if ended_by != "exited" else max(0, int(remaining * 1000) + 1)
+            for fd, _event in poller.poll(timeout):
+                if fd == job.pidfd:
+                    return ended_by, gone
+                message = receive()
+                if message is None:
+                    gone = True
+                    poller.unregister(sock)
+                if (message is None or message.get("op") == "cancel") and ended_by == "exited":
+                    ended_by = "cancel"
+                    sup.kill_group(job.pid)
+
+    offer()
+    while True:
+        message = receive()
+        if message is None:
+            break
+        if message.get("op") != "run" or "ready" not in children:
+            continue  # a cancel that arrived after its job ended
+        job = children["job"] = children.pop("ready")
+        ended_by, gone = watch(job, float(message.get("wall_time", 86400)))
+        how = sup.exit_description(job, int(message.get("memory", 0))) if ended_by == "exited" else ""
+        stderr = sup._tail(os.path.join(job.ctldir, "stderr"))
+        if not gone:
+            send({"op": "exited", "ended_by": ended_by, "how": how, "stderr": stderr})
+        sup.finish(children.pop("job"))
+        if gone:
+            break
+        offer()
     for child_ in list(children.values()):
-        finish(child_)
+        sup.finish(child_)
     return 0
 
 

@@ -226,7 +226,29 @@ def run(
         on_started(child.pid)
     data, ended_by = _wait(child, spec, started, control_fd, should_cancel)
     wall = round(time.monotonic() - started, 6)
-    stderr = _tail(os.path.join(child.ctldir, "stderr"))
+    payload_out = bytes(data[_FRAME.size :]) if ended_by == "complete" else None
+    how = exit_description(child, spec.limits.memory) if ended_by == "exited" else ""
+    return compose(spec, payload_out, ended_by, wall, how, _tail(os.path.join(child.ctldir, "stderr")))
+
+
+def exit_description(child: Child, memory_limit: int) -> str:
+    """How an exited (not yet reaped) job process ended, in words."""
+    info = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    if info is not None and info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+        sig = info.si_status
+        what = f"the job process was killed by signal {sig} ({signal.Signals(sig).name})"
+        if sig == signal.SIGKILL and memory_limit:
+            what += "; it may have run out of memory"
+        return what
+    code = info.si_status if info is not None else "?"
+    return f"the job process exited with status {code} without an outcome"
+
+
+def compose(spec: JobSpec, payload: bytes | None, ended_by: str, wall: float, how: str,
+            stderr: str) -> JobOutcome:
+    """The JobOutcome of a run: *payload* is the job's own outcome when it sent one whole;
+    *ended_by* is "complete", "exited", "timeout", "cancel" or "overflow"; *how* says how
+    an exited process ended."""
     if ended_by == "cancel":
         return JobOutcome.failure(S.KILLED, "Transformation was canceled", {"wall_time_seconds": wall})
     if ended_by == "timeout":
@@ -236,27 +258,16 @@ def run(
     if ended_by == "overflow":
         error = f"output limit exceeded: over {spec.limits.output} bytes of results"
         return JobOutcome.failure(S.OUTPUT, error, {"wall_time_seconds": wall})
-    if ended_by == "complete":
+    if payload is not None:
         try:
-            outcome = JobOutcome.from_bytes(bytes(data[_FRAME.size :]))
+            outcome = JobOutcome.from_bytes(payload)
         except (ValueError, KeyError, TypeError) as exc:
             return JobOutcome.failure(S.INTERNAL, f"the job process sent a malformed outcome: {exc}")
         stats = {"wall_time_seconds": wall, **outcome.stats}
         outcome = JobOutcome(outcome.ok, outcome.result, outcome.buffers, outcome.error, outcome.kind, stats)
         return _classify(outcome, spec, stderr)
-    # the child ended without a whole outcome: how? (peeked, not reaped: see finish)
-    info = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
-    if info is not None and info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
-        sig = info.si_status
-        what = f"the job process was killed by signal {sig} ({signal.Signals(sig).name})"
-        if sig == signal.SIGKILL and spec.limits.memory:
-            what += "; it may have run out of memory"
-    else:
-        code = info.si_status if info is not None else "?"
-        what = f"the job process exited with status {code} without an outcome"
-    error = what + (f"\n{stderr}" if stderr else "")
-    failure = JobOutcome.failure(S.ERROR, error, {"wall_time_seconds": wall})
-    return _classify(failure, spec, stderr)
+    error = (how or "the job process ended without an outcome") + (f"\n{stderr}" if stderr else "")
+    return _classify(JobOutcome.failure(S.ERROR, error, {"wall_time_seconds": wall}), spec, stderr)
 
 
 def _drain(fd: int) -> bytes:
@@ -272,6 +283,11 @@ def _drain(fd: int) -> bytes:
             break
         parts.append(chunk)
     return b"".join(parts)
+
+
+def frame_complete(data: bytearray) -> bool:
+    """True when *data* holds a whole ``uint64 length`` + payload frame."""
+    return _complete(data)
 
 
 def _complete(data: bytearray) -> bool:
