@@ -21,15 +21,13 @@ takes its claims out of use at once, without touching the table.
 from __future__ import annotations
 
 import enum
-import os
-import sqlite3
-import threading
 from dataclasses import dataclass
 from typing import Any, Collection
 
 from ..checksum import is_checksum
 from .canonical import DOMAIN_CLAIM, b64decode, b64encode, canonical_json
 from .identity import KeySet, NodeIdentity, is_node_id, verify_signature
+from .sqlite_file import SqliteFile
 
 
 @dataclass(frozen=True)
@@ -133,37 +131,16 @@ def verify_claim(
     return ClaimStatus.VALID
 
 
-class ClaimStore:
+class ClaimStore(SqliteFile):
     """Claims by (transformation, signer) in a small SQLite file (blocking API, one lock)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
-    def open(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS claims ("
-            " transformation TEXT NOT NULL, signer TEXT NOT NULL, result TEXT NOT NULL,"
-            " time INTEGER NOT NULL, key TEXT NOT NULL, signature TEXT NOT NULL,"
-            " PRIMARY KEY (transformation, signer)) WITHOUT ROWID"
-        )
-        self._conn = conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("the claim store is not open")
-        return self._conn
+    what = "the claim store"
+    schema = (
+        "CREATE TABLE IF NOT EXISTS claims ("
+        " transformation TEXT NOT NULL, signer TEXT NOT NULL, result TEXT NOT NULL,"
+        " time INTEGER NOT NULL, key TEXT NOT NULL, signature TEXT NOT NULL,"
+        " PRIMARY KEY (transformation, signer)) WITHOUT ROWID",
+    )
 
     def put(self, claims: list[Claim]) -> None:
         """Store (or replace, if newer) each signer's claim about a transformation."""

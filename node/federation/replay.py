@@ -13,39 +13,26 @@ The API is blocking; call it from a worker thread. One connection, used under a 
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import threading
+
+from .sqlite_file import SqliteFile
 
 PRUNE_EVERY = 10.0  # seconds between prunes
 
 
-class NonceStore:
+class NonceStore(SqliteFile):
+    what = "the nonce store"
+    schema = (
+        "CREATE TABLE IF NOT EXISTS nonces ("
+        " origin TEXT NOT NULL, nonce TEXT NOT NULL, timestamp INTEGER NOT NULL,"
+        " PRIMARY KEY (origin, nonce)) WITHOUT ROWID",
+        "CREATE INDEX IF NOT EXISTS nonces_by_time ON nonces (timestamp)",
+    )
+
     def __init__(self, path: str, *, window: int = 60) -> None:
-        self.path = path
+        super().__init__(path)
         self.window = window
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
         self._last_prune = float("-inf")
-
-    def open(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS nonces ("
-            " origin TEXT NOT NULL, nonce TEXT NOT NULL, timestamp INTEGER NOT NULL,"
-            " PRIMARY KEY (origin, nonce)) WITHOUT ROWID"
-        )
-        conn.execute("CREATE INDEX IF NOT EXISTS nonces_by_time ON nonces (timestamp)")
-        self._conn = conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
     def record(self, origin: str, nonce: str, timestamp: int, now: int) -> bool:
         """Store the nonce; False if this origin used it before (a replay)."""

@@ -48,7 +48,11 @@ def declared_length(request: Request) -> int | None:
 
 def check_declared_length(request: Request, max_bytes: int | None) -> int | None:
     """413 before any byte is read when Content-Length is over the cap."""
-    length = declared_length(request)
+    return refuse_oversize(declared_length(request), max_bytes)
+
+
+def refuse_oversize(length: int | None, max_bytes: int | None) -> int | None:
+    """Raise BufferTooLarge (413) when a declared *length* is over *max_bytes*."""
     if max_bytes is not None and length is not None and length > max_bytes:
         raise BufferTooLarge(
             f"request body of {length} bytes is over this node's limit of {max_bytes} bytes"

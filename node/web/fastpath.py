@@ -23,10 +23,10 @@ from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable
 
 import trio
 
-from ..errors import BufferTooLarge, NodeError
+from ..errors import NodeError
 from ..metrics import Metrics
 from .app_class import DRAIN_TIMEOUT
-from .body import BadRequest, BodyLimits, decode_json, limited
+from .body import BadRequest, BodyLimits, decode_json, limited, refuse_oversize
 
 log = logging.getLogger("seamless_node")
 
@@ -91,12 +91,7 @@ class Request:
 
     async def read_json(self, limits: BodyLimits) -> Any:
         """The whole body decoded as JSON (400 with a clear message if it is not)."""
-        if self.content_length is not None and limits.max_bytes is not None:
-            if self.content_length > limits.max_bytes:
-                raise BufferTooLarge(
-                    f"request body of {self.content_length} bytes is over this node's limit "
-                    f"of {limits.max_bytes} bytes"
-                )
+        refuse_oversize(self.content_length, limits.max_bytes)
         parts = [chunk async for chunk in self.body(limits)]
         return decode_json(b"".join(parts))
 
