@@ -1,5 +1,7 @@
-"""Build the node from a NodeConfig and serve it: one trio process, one hypercorn server,
-one Quart-trio app with every enabled role mounted under its prefix.
+"""Build the node from a NodeConfig and serve it: one trio process, one port, one
+Quart-trio app with every enabled role mounted under its prefix. The front
+(``web/front.py``) accepts the connections: it answers the hot fast routes itself and hands
+everything else to hypercorn, which runs the app.
 
 ``serve_node`` is what ``seamless-node run`` calls and what tests use (with port 0): it
 opens the store, starts the roles, binds, reports the bound URL through ``task_status``,
@@ -15,7 +17,6 @@ from dataclasses import dataclass
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from quart import Response, request
 
 from . import __version__
@@ -28,6 +29,7 @@ from .store.buffers import BufferStore
 from .store.service import BufferService
 from .web.app_class import NodeApp, needs_close
 from .web.fastpath import FastPath
+from .web.front import Front
 
 log = logging.getLogger("seamless_node")
 
@@ -159,7 +161,8 @@ async def run_node(
                 await role.start(nursery)
             if federation is not None:
                 await federation.start(nursery)
-            urls = await nursery.start(serve, node.asgi, hypercorn_config(node.config))
+            front = Front(node.asgi, node.asgi.routes, node.context.metrics, hypercorn_config(node.config))
+            urls = await nursery.start(front.serve)
             task_status.started(urls)
     finally:
         with trio.CancelScope(shield=True):

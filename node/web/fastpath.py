@@ -95,6 +95,11 @@ class Request:
         parts = [chunk async for chunk in self.body(limits)]
         return decode_json(b"".join(parts))
 
+    async def wait_disconnect(self) -> None:
+        """Return when the client goes away (the body must have been read)."""
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
     async def drain(self) -> None:
         """Pull and discard the rest of the body until it ends, the client goes, or
         DRAIN_TIMEOUT passes."""
@@ -145,16 +150,12 @@ class FastPath:
         try:
             await self._respond(request, await route.handler(request), send)
         except NodeError as exc:
-            status = exc.http_status
-            if status >= 500:
-                log.error("%s %s failed: %s", request.method, request.path, exc)
-            else:
-                log.info("%s %s refused (%d): %s", request.method, request.path, status, exc)
+            response = error_response(request, exc)
             if request.response_started:
                 # A stream cut short: ending without the final body message makes hypercorn
                 # close the connection, so the client sees an incomplete response.
                 return
-            await self._respond(request, Response(status, str(exc).encode()), send)
+            await self._respond(request, response, send)
 
     async def _respond(self, request: Request, response: Response, send: Send) -> None:
         if request.body_complete:
@@ -186,6 +187,16 @@ class FastPath:
         async for chunk in response.body:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+
+
+def error_response(request: Any, exc: NodeError) -> Response:
+    """Log a refused or failed fast request; the plain-text answer for it."""
+    status = exc.http_status
+    if status >= 500:
+        log.error("%s %s failed: %s", request.method, request.path, exc)
+    else:
+        log.info("%s %s refused (%d): %s", request.method, request.path, status, exc)
+    return Response(status, str(exc).encode())
 
 
 def route(method: str, pattern: str, handler: Handler) -> FastRoute:

@@ -118,9 +118,7 @@ def jobserver_fast_routes(role: "JoblessRole") -> list[FastRoute]:
         async with trio.open_nursery() as nursery:
 
             async def until_disconnect() -> None:
-                # after the body, the next ASGI message is the client going away
-                while (await req._receive())["type"] != "http.disconnect":
-                    pass
+                await req.wait_disconnect()
                 nursery.cancel_scope.cancel()  # the waiter detaches (service.wait)
 
             async def answer_it() -> None:

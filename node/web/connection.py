@@ -1,0 +1,176 @@
+"""One client connection as the front sees it, and the request view its handlers get.
+
+``Connection`` owns the socket and a receive buffer: bytes read past one request's end
+(the next, pipelined request) stay in the buffer. ``FrontRequest`` offers handlers the same
+surface as ``fastpath.Request`` (method, path, match, headers, scope, body under limits,
+``read_json``, ``drain``, ``wait_disconnect``), so a fast route runs unchanged whichever of
+the two serves it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, AsyncIterator
+
+import trio
+
+from .app_class import DRAIN_TIMEOUT
+from .body import BodyLimits, decode_json, limited, refuse_oversize
+from .fastpath import ClientGone
+from .http1 import CONTINUE, MAX_HEAD_BYTES, RequestHead
+
+#: largest single receive of a request body
+RECEIVE_BYTES = 256 * 1024
+#: a client that accepts no byte of an answer for this long is dropped
+SEND_STALL_TIMEOUT = 120.0
+
+
+class Connection:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.socket = stream.socket
+        self.buffer = bytearray()
+        self.eof = False
+
+    async def receive_more(self, max_bytes: int = 65536) -> bool:
+        """Append what the client sends next to the buffer; False when it has closed."""
+        if self.eof:
+            return False
+        try:
+            data = await self.socket.recv(max_bytes)
+        except (ConnectionResetError, BrokenPipeError):
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buffer += data
+        return True
+
+    async def receive(self, max_bytes: int) -> bytes:
+        """Up to *max_bytes*: from the buffer if it holds any, else from the socket;
+        b"" once the client has closed."""
+        if self.buffer:
+            data = bytes(self.buffer[:max_bytes])
+            del self.buffer[:max_bytes]
+            return data
+        if self.eof:
+            return b""
+        try:
+            data = await self.socket.recv(max_bytes)
+        except (ConnectionResetError, BrokenPipeError):
+            data = b""
+        if not data:
+            self.eof = True
+        return data
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        with trio.fail_after(SEND_STALL_TIMEOUT):
+            await self.stream.send_all(data)
+
+    def peer(self) -> tuple[str, int] | None:
+        try:
+            host, port = self.socket.getpeername()[:2]
+        except OSError:
+            return None
+        return host, port
+
+    def local(self) -> tuple[str, int] | None:
+        try:
+            host, port = self.socket.getsockname()[:2]
+        except OSError:
+            return None
+        return host, port
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+class FrontRequest:
+    """A request served by the front, with the interface of ``fastpath.Request``."""
+
+    def __init__(self, connection: Connection, head: RequestHead, match: re.Match[str]) -> None:
+        self.connection = connection
+        self.head = head
+        self.method = head.method
+        self.path = head.path
+        self.match = match
+        self.headers: dict[str, str] = {
+            name.decode("latin1"): value.decode("latin1") for name, value in head.headers
+        }
+        self.remaining = head.content_length
+        self.body_complete = self.remaining == 0
+        self.response_started = False
+        self._continue_due = head.expect_continue
+        self._scope: dict[str, Any] | None = None
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        """An ASGI-like scope (built on first use)."""
+        if self._scope is None:
+            head = self.head
+            self._scope = {
+                "type": "http",
+                "http_version": "1.1",
+                "scheme": "http",
+                "method": head.method,
+                "path": head.path,
+                "raw_path": head.raw_path,
+                "query_string": head.query,
+                "headers": head.headers,
+                "client": self.connection.peer(),
+                "server": self.connection.local(),
+            }
+        return self._scope
+
+    @property
+    def content_length(self) -> int | None:
+        return self.head.content_length if self.head.header(b"content-length") is not None else None
+
+    @property
+    def has_body(self) -> bool:
+        return self.head.content_length > 0
+
+    async def _raw_chunks(self) -> AsyncIterator[bytes]:
+        if self._continue_due and not self.connection.buffer:
+            self._continue_due = False
+            await self.connection.send(CONTINUE)
+        while self.remaining > 0:
+            chunk = await self.connection.receive(min(self.remaining, RECEIVE_BYTES))
+            if not chunk:
+                raise ClientGone("the client disconnected during the upload")
+            self.remaining -= len(chunk)
+            if self.remaining == 0:
+                self.body_complete = True
+            yield chunk
+
+    def body(self, limits: BodyLimits) -> AsyncIterator[bytes]:
+        """The body in the chunks received, under *limits*."""
+        return limited(self._raw_chunks(), limits)
+
+    async def read_json(self, limits: BodyLimits) -> Any:
+        refuse_oversize(self.content_length, limits.max_bytes)
+        parts = [chunk async for chunk in self.body(limits)]
+        return decode_json(b"".join(parts))
+
+    async def drain(self) -> None:
+        """Discard the rest of the body until it ends, the client goes, or DRAIN_TIMEOUT
+        passes (the connection is closed after an answer given before the body)."""
+        if self._continue_due:
+            return  # the client waits for our go-ahead: it sends no body
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            while self.remaining > 0:
+                chunk = await self.connection.receive(min(self.remaining, RECEIVE_BYTES))
+                if not chunk:
+                    return
+                self.remaining -= len(chunk)
+            self.body_complete = True
+
+    async def wait_disconnect(self) -> None:
+        """Return when the client closes the connection (bytes it sends meanwhile, a next
+        request, are kept for later; past MAX_HEAD_BYTES of them it is no longer read)."""
+        connection = self.connection
+        while len(connection.buffer) <= MAX_HEAD_BYTES:
+            if not await connection.receive_more():
+                return
+        await trio.sleep_forever()

@@ -1,0 +1,234 @@
+"""The node's HTTP front: one listener; hot routes served directly, the rest by hypercorn.
+
+Measured on this machine, hypercorn + h11 answers about 2,500 small requests per second
+on one core, while a plain trio socket loop answers over 30,000: the HTTP machinery, not
+the node's work, bounded every per-request figure (buffer GET/PUT, ``/database``). The
+front therefore accepts every connection itself and reads each request head:
+
+* a clean HTTP/1.1 request (see ``http1.parse_head``) for a fast route (the same routes
+  ``fastpath.FastPath`` serves inside hypercorn) is answered here, straight on the socket;
+* anything else (every Quart route, websockets, chunked uploads, HTTP/1.0, malformed
+  heads) hands the connection, with the bytes already read, to a hypercorn ``TCPServer``
+  that serves it from then on exactly as if it had accepted it.
+
+One process, one port, one app: hypercorn still runs the ASGI app (with its lifespan), and
+the fast handlers are the same functions either way. The front keeps hypercorn's limits:
+a request head must arrive within ``node.header_timeout`` of the connection or of the
+previous answer (which also closes idle keep-alive connections), heads are at most 16 KiB,
+bodies are read under each route's own ``BodyLimits``.
+
+This uses hypercorn's ``TCPServer``, ``WorkerContext`` and ``Lifespan`` directly (its
+trio worker does the same); ``pyproject.toml`` pins hypercorn to the minor version this
+was written against.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any, AsyncIterable
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+from ..errors import NodeError
+from ..metrics import Metrics
+from .connection import Connection, FrontRequest
+from .fastpath import FastRoute, Response, error_response
+from .http1 import MAX_HEAD_BYTES, head_end, parse_head, response_head
+
+log = logging.getLogger("seamless_node")
+
+#: answers up to this size go out in one send together with their head
+COALESCE_BYTES = 64 * 1024
+
+
+class Front:
+    def __init__(self, asgi: Any, routes: list[FastRoute], metrics: Metrics, config: HypercornConfig) -> None:
+        self.routes = routes
+        self.metrics = metrics
+        self.config = config
+        self.header_timeout = float(config.keep_alive_timeout)
+        self.app = wrap_app(asgi, config.wsgi_max_body_size, None)
+        self.context = WorkerContext(None)
+        self.lifespan_state: dict[str, Any] = {}
+        self.by_method: dict[str, list[FastRoute]] = {}
+        for route in routes:
+            self.by_method.setdefault(route.method, []).append(route)
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, run the app's lifespan, serve until cancelled; report the bound URLs."""
+        sockets = self.config.create_sockets()
+        listeners = []
+        urls = []
+        for sock in sockets.insecure_sockets:
+            sock.listen(self.config.backlog)
+            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+            urls.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+        lifespan = Lifespan(self.app, self.config, self.lifespan_state)
+        async with trio.open_nursery() as lifespan_nursery:
+            await lifespan_nursery.start(lifespan.handle_lifespan)
+            await lifespan.wait_for_startup()
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(trio.serve_listeners, self.handle, listeners)
+                    task_status.started(urls)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.context.terminated.set()
+            lifespan_nursery.cancel_scope.cancel()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """Serve one connection until it closes or is handed to hypercorn."""
+        connection = Connection(stream)
+        try:
+            while True:
+                end = await self._read_head(connection)
+                if end is None:
+                    return
+                head = parse_head(bytes(connection.buffer[:end])) if end > 0 else None
+                found = self._route(head) if head is not None else None
+                if found is None:
+                    await self._hand_over(connection)
+                    return
+                del connection.buffer[:end]
+                route, match = found
+                request = FrontRequest(connection, head, match)
+                if not await self._serve(route, request):
+                    return
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            pass
+        finally:
+            await connection.aclose()
+
+    async def _read_head(self, connection: Connection) -> int | None:
+        """Index just past the next request head in the buffer; 0 when the head is too
+        large to be the front's; None when the client closed or took too long."""
+        searched = 0
+        with trio.move_on_after(self.header_timeout):
+            while True:
+                end = head_end(connection.buffer, searched)
+                if end > 0:
+                    return end
+                if len(connection.buffer) > MAX_HEAD_BYTES:
+                    return 0
+                searched = len(connection.buffer)
+                if not await connection.receive_more():
+                    return None
+        return None
+
+    def _route(self, head: Any) -> tuple[FastRoute, Any] | None:
+        for route in self.by_method.get(head.method, ()):
+            match = route.pattern.fullmatch(head.path)
+            if match:
+                return route, match
+        return None
+
+    async def _hand_over(self, connection: Connection) -> None:
+        stream = ReplayStream(connection.stream, bytes(connection.buffer))
+        connection.buffer.clear()
+        state = ConnectionState(self.lifespan_state.copy())
+        await TCPServer(self.app, self.config, self.context, state, stream)
+
+    async def _serve(self, route: FastRoute, request: FrontRequest) -> bool:
+        """Answer one request; True if the connection may carry another."""
+        try:
+            response = await route.handler(request)
+        except NodeError as exc:
+            if request.response_started:
+                return False
+            response = error_response(request, exc)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            response = Response(500, b"Internal Server Error")
+            request.head = replace(request.head, keep_alive=False)
+        if request.body_complete:
+            return await self._send(request, response)
+        # Answering before the body is in: read and drop the rest of it while the answer
+        # goes out, then close (a client blocked sending would not read the answer).
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request.drain)
+            await self._send(request, response)
+        return False
+
+    async def _send(self, request: FrontRequest, response: Response) -> bool:
+        area = request.path.split("/", 2)[1] or "root"
+        self.metrics.inc("seamless_node_http_requests_total", area=area, status=str(response.status))
+        keep_alive = request.head.keep_alive and request.body_complete
+        headers = [(b"content-type", response.content_type.encode())]
+        length: bytes | None = None
+        for name, value in (response.headers or {}).items():
+            key = name.lower().encode()
+            if key == b"content-length":
+                length = value.encode()
+            else:
+                headers.append((key, value.encode()))
+        if not keep_alive:
+            headers.append((b"connection", b"close"))
+        connection = request.connection
+        body = response.body
+        if isinstance(body, (bytes, bytearray)):
+            headers.append((b"content-length", str(len(body)).encode()))
+            head = response_head(response.status, headers)
+            if len(body) <= COALESCE_BYTES:
+                await connection.send(head + body)
+            else:
+                await connection.send(head)
+                await connection.send(body)
+            return keep_alive
+        chunked = length is None
+        headers.append((b"transfer-encoding", b"chunked") if chunked else (b"content-length", length))
+        request.response_started = True
+        await connection.send(response_head(response.status, headers))
+        return await self._stream(request, body, chunked) and keep_alive
+
+    async def _stream(self, request: FrontRequest, body: AsyncIterable[bytes], chunked: bool) -> bool:
+        connection = request.connection
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                if chunked:
+                    await connection.send(b"%x\r\n" % len(chunk) + bytes(chunk) + b"\r\n")
+                else:
+                    await connection.send(chunk)
+        except NodeError as exc:
+            # cut short: closing without the rest tells the client the answer is incomplete
+            error_response(request, exc)
+            return False
+        if chunked:
+            await connection.send(b"0\r\n\r\n")
+        return True
+
+
+class ReplayStream(trio.abc.HalfCloseableStream):
+    """A socket stream that first gives back bytes already read from it (for hypercorn)."""
+
+    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+        self.socket = stream.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
