@@ -148,6 +148,10 @@ class DatabaseSection:
     max_batch_count: int = 10_000
     #: read connections (and threads) for concurrent reads
     threads: int = 4
+    #: answer point lookups (one transformation, expression, ...) on the event loop, not in
+    #: a thread: microseconds from SQLite's cache; a lookup whose pages are not cached
+    #: waits for the disk with the whole node (turn off for a database far larger than RAM)
+    loop_reads: bool = True
     #: "normal" survives a crash of the node process; "full" also a power loss
     synchronous: str = "normal"
 

@@ -62,7 +62,7 @@ class DatabaseRole(Role):
             synchronous=cfg.synchronous,
             readers=cfg.threads,
         )
-        self.service = MappingService(store)
+        self.service = MappingService(store, loop_reads=cfg.loop_reads)
         context.mappings = self.service
         metrics = context.metrics
         metrics.describe("seamless_node_database_requests_total", "database requests, by operation and type")

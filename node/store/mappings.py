@@ -98,6 +98,10 @@ def classify(exc: sqlite3.Error, doing: str) -> Exception:
     return DatabaseFailure(f"{doing}: SQLite error: {exc}")
 
 
+class ReadWouldWait(Exception):
+    """A point read on the event loop found the database locked (take a thread)."""
+
+
 @dataclass
 class _ReaderSet:
     sources: list[Source] = field(default_factory=list)
@@ -122,6 +126,8 @@ class MappingStore:
         self._writer: sqlite3.Connection | None = None
         self._readers: queue.SimpleQueue[_ReaderSet] = queue.SimpleQueue()
         self._all_readers: list[_ReaderSet] = []
+        #: the event loop's own connections, for point reads that must never wait
+        self._now_reader: _ReaderSet | None = None
         self._tables: set[str] = set()
         self._extra_tables: list[set[str]] = []
         self._absent = False  # read-only and no file: an empty database
@@ -152,6 +158,10 @@ class MappingStore:
                 reader = self._open_reader_set()
                 self._all_readers.append(reader)
                 self._readers.put(reader)
+            self._now_reader = self._open_reader_set()
+            for source in self._now_reader.sources:
+                source.conn.execute("PRAGMA busy_timeout = 0")
+            self._all_readers.append(self._now_reader)
         except sqlite3.Error as exc:  # not a database, unreadable, locked...
             self.close()
             raise SchemaError(f"cannot open database file {self.path}: {exc}") from exc
@@ -211,6 +221,7 @@ class MappingStore:
             for source in reader.sources:
                 source.conn.close()
         self._all_readers.clear()
+        self._now_reader = None
         self._readers = queue.SimpleQueue()
         if self._writer is not None:
             conn, self._writer = self._writer, None
@@ -235,6 +246,23 @@ class MappingStore:
             raise classify(exc, "database read failed") from exc
         finally:
             self._readers.put(reader)
+
+    def can_read_now(self, query: Query) -> bool:
+        """Whether *query* is a point lookup that ``read_now`` may answer."""
+        return self._now_reader is not None and query.type not in LIST_TYPES
+
+    def read_now(self, query: Query) -> Any:
+        """A point read on the calling (event loop) thread: never waits for a lock
+        (ReadWouldWait instead); see MappingService.read."""
+        assert self._now_reader is not None
+        try:
+            return self._read(self._now_reader, query)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise ReadWouldWait(str(exc)) from None
+            raise classify(exc, "database read failed") from exc
+        except sqlite3.Error as exc:
+            raise classify(exc, "database read failed") from exc
 
     def _read(self, reader: _ReaderSet, q: Query) -> Any:
         if q.type == "protocol":
