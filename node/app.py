@@ -57,6 +57,7 @@ def build_node(config: NodeConfig) -> Node:
         extra_dirs=cfg.extra_dirs,
         fsync=cfg.fsync,
         reserve_free_bytes=cfg.reserve_free_bytes,
+        verified_ttl=float(cfg.verified_ttl),
     )
     metrics = Metrics()
     service = BufferService(store, threads=cfg.threads, promise_ttl=cfg.promise_ttl)

@@ -127,6 +127,11 @@ class BuffersSection:
     threads: int = 8
     #: fsync each buffer and its directory before acknowledging (off only for scratch stores)
     fsync: bool = True
+    #: a large buffer the node hashed itself (on upload, or whole on an earlier read) is
+    #: served again without re-hashing, straight from the file, for this many seconds as
+    #: long as the file is unchanged (device, inode, size, mtime, ctime); 0 = re-hash
+    #: every read. Damage below the filesystem shows at the next re-hash or `fsck`.
+    verified_ttl: Seconds = Seconds(600.0)
     #: most checksums in one batched request (/has, multi-get)
     max_batch_count: int = 100_000
     #: most bytes in one batched download

@@ -23,12 +23,15 @@ from ..checksum import parse_checksum
 from ..errors import StoreError, StoreFull, StoreReadOnly
 from . import layout as L
 from .reader import OpenedBuffer, VerifiedReader, open_in_shard, open_shard
+from .verified import FileStamp, VerifiedFiles
 from .writer import PendingWrite, raise_for_oserror
 
 log = logging.getLogger("seamless_node.store")
 
 #: how long a free-space reading is reused before statvfs is called again (seconds)
 FREE_SPACE_TTL = 1.0
+#: uploads at least this large are remembered as verified (smaller ones cost little to re-hash)
+VERIFIED_MIN_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,10 @@ class BufferStore:
         extra_dirs: Iterable[str | os.PathLike[str]] = (),
         fsync: bool = True,
         reserve_free_bytes: int = 0,
+        verified_ttl: float = 0.0,
     ) -> None:
+        #: recently verified files, read again without re-hashing (see verified.py)
+        self.verified = VerifiedFiles(verified_ttl)
         self.directory = os.path.abspath(os.fspath(directory))
         self.readonly = readonly
         self.max_buffer_size = max_buffer_size
@@ -220,7 +226,7 @@ class BufferStore:
             return None
         stored = opened.location.encoding
         send = stored if stored is not None and stored in accept else None
-        return VerifiedReader(opened, checksum, send)
+        return VerifiedReader(opened, checksum, send, self.verified)
 
     def read(self, checksum: str) -> bytes | None:
         """The whole buffer, verified; None if absent. Raises CorruptBuffer (and
@@ -284,11 +290,22 @@ class BufferStore:
             if check_exists and self._stat_many([pending.checksum])[0] is not None:
                 pending.abort()
                 return False
-            pending.commit(self.primary_location(pending.checksum))
+            location = self.primary_location(pending.checksum)
+            pending.commit(location)
+            if pending.length >= VERIFIED_MIN_SIZE:
+                self._remember_written(pending.checksum, location)
             return True
         except BaseException:
             pending.abort()
             raise
+
+    def _remember_written(self, checksum: str, location: L.BufferLocation) -> None:
+        """The node hashed this upload itself: a read soon after need not hash it again."""
+        try:
+            st = os.stat(location.path, follow_symlinks=False)
+        except OSError:
+            return
+        self.verified.remember(checksum, FileStamp.of(st))
 
     def put(self, checksum: str, data: bytes, encoding: str | None = None) -> bool:
         """Store a whole in-memory buffer (the same protocol as a streamed write)."""

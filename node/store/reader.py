@@ -20,6 +20,7 @@ from ..checksum import new_hasher
 from ..errors import CorruptBuffer, InvalidBody
 from .compression import Decompressor
 from .layout import LENGTH_SIDECAR_SUFFIX, BufferLocation
+from .verified import FileStamp, VerifiedFiles
 
 CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -35,6 +36,7 @@ class OpenedBuffer:
     stored_size: int
     #: decompressed length when known (always for plain files; from the sidecar otherwise)
     length: int | None
+    stamp: FileStamp | None = None
 
 
 def open_shard(directory: str, *, nofollow: bool) -> int | None:
@@ -66,7 +68,7 @@ def open_in_shard(dir_fd: int, location: BufferLocation) -> OpenedBuffer | None:
     length: int | None = st.st_size
     if location.encoding is not None:
         length = read_sidecar(dir_fd, location)
-    return OpenedBuffer(fd, location, st.st_size, length)
+    return OpenedBuffer(fd, location, st.st_size, length, FileStamp.of(st))
 
 
 def read_sidecar(dir_fd: int, location: BufferLocation) -> int | None:
@@ -91,12 +93,20 @@ class VerifiedReader:
 
     ``send_encoding`` is the encoding of the bytes handed out: the stored encoding when the
     client accepts it, else None (the stored bytes are decompressed on the way out).
+    With *verified* given, a plain file verified recently and unchanged since (see
+    ``verified.py``) is read without hashing (``trusted``), and a file that hashes right
+    to its end is remembered there.
     """
 
-    def __init__(self, opened: OpenedBuffer, checksum: str, send_encoding: str | None) -> None:
+    def __init__(
+        self, opened: OpenedBuffer, checksum: str, send_encoding: str | None, verified: VerifiedFiles | None = None
+    ) -> None:
         self.opened = opened
         self.checksum = checksum
         self.send_encoding = send_encoding
+        self._verified = verified
+        plain = opened.location.encoding is None and opened.stamp is not None
+        self.trusted = plain and verified is not None and verified.is_verified(checksum, opened.stamp)
         self._hasher = new_hasher()
         self._file = os.fdopen(opened.fd, "rb", buffering=0)
         self._remaining = opened.stored_size
@@ -132,7 +142,7 @@ class VerifiedReader:
                 self._remaining -= len(data)
                 if self._raw_decoder is not None:
                     self._raw_decoder.feed(data)
-                else:
+                elif not self.trusted:
                     self._hasher.update(data)
                 at_end = self._remaining <= 0 or not data
                 if at_end and self._raw_decoder is not None:
@@ -142,13 +152,28 @@ class VerifiedReader:
             raise CorruptBuffer(f"buffer {self.checksum} is unreadable: {exc}") from None
         if at_end:
             self.finished = True
-            digest = self._hasher.hexdigest()
             self.close()
+            if self.trusted:
+                if self._remaining > 0:
+                    raise CorruptBuffer(f"buffer {self.checksum} is shorter than when it was verified")
+                return data, at_end
+            digest = self._hasher.hexdigest()
             if digest != self.checksum:
+                if self._verified is not None:
+                    self._verified.forget(self.checksum)
                 raise CorruptBuffer(
                     f"File corruption: stored buffer {self.checksum} hashes to {digest}"
                 )
+            if self._verified is not None and self.opened.location.encoding is None and self.opened.stamp:
+                self._verified.remember(self.checksum, self.opened.stamp)
         return data, at_end
+
+    def file_for_sendfile(self) -> tuple[int, int] | None:
+        """(fd, length) when the file may go out as it is stored, unhashed: trusted, plain,
+        nothing read yet. The reader must still be closed afterwards."""
+        if self.trusted and self.send_encoding is None and self._remaining == self.opened.stored_size:
+            return self._file.fileno(), self.opened.stored_size
+        return None
 
     def read_all(self) -> bytes:
         parts = []

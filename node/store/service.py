@@ -84,6 +84,15 @@ class StreamedBuffer:
                 if not self._reader.finished:
                     self._reader.close()
 
+    def file_for_sendfile(self) -> tuple[int, int] | None:
+        """(fd, length) when the file can go out unchanged by ``sendfile`` (a trusted
+        plain file, not iterated yet); the caller then calls ``close``."""
+        return self._reader.file_for_sendfile()
+
+    def close(self) -> None:
+        if not self._reader.finished:
+            self._reader.close()
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         send, receive = trio.open_memory_channel[tuple[bytes, bool] | BaseException](1)
         self._service.nursery.start_soon(self._produce, send)

@@ -184,6 +184,17 @@ class Front:
         chunked = length is None
         headers.append((b"transfer-encoding", b"chunked") if chunked else (b"content-length", length))
         request.response_started = True
+        whole_file = getattr(body, "file_for_sendfile", None)
+        if whole_file is not None and not chunked and request.body_complete:
+            # a stored file that needs no hashing on the way: zero-copy
+            file = whole_file()
+            if file is not None:
+                try:
+                    await connection.send(response_head(response.status, headers))
+                    await connection.sendfile(*file)
+                finally:
+                    body.close()  # type: ignore[attr-defined]
+                return keep_alive
         await connection.send(response_head(response.status, headers))
         return await self._stream(request, body, chunked) and keep_alive
 
