@@ -7,7 +7,8 @@ job's hop list; in one concurrent round it learns
 
 * which of the job's inputs (code and pins, by checksum) each peer holds, and their
   sizes: the batched presence query (``locate.Locator``, cached), asked of the peers that
-  grant us ``buffers:read``;
+  grant us ``buffers:read``, about the inputs this node lacks or holds with 64 KiB or
+  more (a smaller one cannot tilt the choice, and travels with the job anyway);
 * each peer's job load and whether it runs jobless: from its signed ping answer, cached
   for ``peer_status_ttl`` seconds (the prober refreshes it too);
 
@@ -55,6 +56,9 @@ FORWARDED = "seamless_node_federation_jobs_forwarded_total"
 FORWARD_FAILED = "seamless_node_federation_jobs_forward_failed_total"
 #: longest the signed cancel of a forwarded job may take
 CANCEL_TIMEOUT = 2.0
+#: inputs held here and smaller than this are not looked for at peers (placement counts
+#: them as missing there: far less than a forward costs), and travel with the job
+SMALL_INPUT = 64 * 1024
 
 
 class JobForwarder:
@@ -88,25 +92,24 @@ class JobForwarder:
         if not peers or len(job.hops) >= self.policy.max_hops:
             return None
         checksums = list(dict.fromkeys(job.transformation.input_checksums))
-        local_sizes: list[int | None] = []
+        local_sizes = await LocalSource(fed.context.buffers).lengths(checksums)
+        # small inputs held here cannot tilt the choice: peers are not asked about them
+        ask = [cs for cs, size in zip(checksums, local_sizes) if size is None or size >= SMALL_INPUT]
         holders: dict[str, Any] = {}
         loads: dict[str, float | None] = {}
-
-        async def local() -> None:
-            local_sizes.extend(await LocalSource(fed.context.buffers).lengths(checksums))
 
         async def presence() -> None:
             sources = [
                 fed.peer_source(p) for p in peers if registry.outgoing(p, "buffers:read", now).allowed
             ]
-            holders.update(await fed.locator.holders(checksums, sources))
+            holders.update(await fed.locator.holders(ask, sources))
 
         async def load(peer: str) -> None:
             loads[peer] = await fed.peer_job_load(peer)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(local)
-            nursery.start_soon(presence)
+            if ask:
+                nursery.start_soon(presence)
             for peer in peers:
                 nursery.start_soon(load, peer)
         sizes: dict[str, int] = {}
