@@ -8,7 +8,8 @@ By the time ``JobReceiver.run`` is called the Gate has admitted the request
 * the hop list must be well formed: node ids, the submitter first, the origin last, at
   most ``max_hops`` long, and without this node (409 ``forward-loop``: a job never comes
   back to a node that already forwarded it);
-* the transformation dict must be valid (400);
+* the transformation dict must be valid (400); the same transformation, if this node is
+  forwarding it itself to a node on the hop list, is a loop too (409: the origin runs it);
 * inputs sent along must hash to their names and be inputs of the transformation; they
   enter the store through ``BufferService`` like any upload.
 
@@ -91,6 +92,13 @@ class JobReceiver:
             tf = parse_transformation(body["transformation"], dunder)
         except TransformationError as exc:
             raise Refusal(400, "malformed-body", f"invalid transformation: {exc}") from None
+        running = jobs.active.get(tf.checksum)
+        if running is not None and running.executor in hops:
+            # the same transformation, submitted here too, is being forwarded to a node on
+            # this job's path: joining it would make each wait for the other
+            raise self.fed.gate.refuse(
+                409, "forward-loop", "this node forwards the same job along this job's path", admission.origin
+            )
         await self._store_inline(body.get("inline"), set(tf.input_checksums))
         wait = body.get("wait", self.max_wait)
         wait = min(max(float(wait), 0.0), self.max_wait) if isinstance(wait, (int, float)) else self.max_wait

@@ -267,6 +267,7 @@ async def test_cancel_at_origin_kills_the_job_at_the_executor(cluster: Cluster, 
     """(d) cancelling at A kills the job's processes at B within 2 s."""
     a, b = await start(cluster, "a", "b")
     cluster.grant(b, a, "jobs:submit,buffers:read")
+    cluster.grant(a, b, "jobs:submit")
     await cluster.configure()
     tfs = Transformations()
     big = os.urandom(2 * MiB)
@@ -279,6 +280,10 @@ async def test_cancel_at_origin_kills_the_job_at_the_executor(cluster: Cluster, 
     await wait_for(lambda: job_pids(b), timeout=10)
     pids = job_pids(b)
     assert jobless(a).service.get(job["checksum"]).state.value == "running"
+    # the same job sent back to A (which forwards it to B) would wait for itself: refused
+    with pytest.raises(PeerRefused) as exc:
+        await b.federation.client.call(a.node_id, "POST", "/federation/jobs", body_for(tf, [b.node_id]))
+    assert (exc.value.status, exc.value.reason) == (409, "forward-loop")
     r = await http.delete(f"{a.url}/api/v1/jobs/{job['checksum']}")
     assert r.json()["cancelled"] is True
     took = await wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
@@ -287,3 +292,52 @@ async def test_cancel_at_origin_kills_the_job_at_the_executor(cluster: Cluster, 
     await wait_for(lambda: jobless(b).service.get(job["checksum"]).state.value == "cancelled", timeout=2)
     assert jobless(a).service.get(job["checksum"]).state.value == "cancelled"
     assert not job_pids(b) and not jobless(a).backend.workers
+
+
+async def test_a_refused_job_runs_here(cluster: Cluster, http: httpx.AsyncClient):
+    """A peer that turns the job down (here: it revoked A's jobs:submit link, which A does
+    not know) costs one round trip; the job runs at the origin, inputs fetched on miss."""
+    a, b = await start(cluster, "a", "b")
+    jobs_link = cluster.grant(b, a, "jobs:submit")
+    cluster.grant(b, a, "buffers:read")
+    await cluster.configure()
+    (b.data_dir / "revocations.yaml").write_text(f"links: [{{serial: {jobs_link.link.serial}}}]\n")
+    await b.federation.watcher.refresh(force=True)
+    tfs = Transformations()
+    big = os.urandom(2 * MiB)
+    tf = tfs.python("def f(data):\n    return len(data) + 5\n", data=(big, "bytes"))
+    data_cs = next(cs for cs, d in tfs.buffers.items() if d is big)
+    await put(http, a, {cs: d for cs, d in tfs.buffers.items() if cs != data_cs})
+    await put(http, b, {data_cs: big})
+    job = await submit(http, a, tf)
+    assert job["state"] == "done" and job["executor"] is None
+    assert celltypes.deserialize(await a.context.buffers.read(job["result"]), "mixed") == 2 * MiB + 5
+    assert counter(a, "jobs_forward_failed_total", peer="b", reason="refused") == 1
+    assert nothing_ran(b)
+
+
+async def test_a_job_whose_executor_is_lost_runs_here(cluster: Cluster, http: httpx.AsyncClient):
+    """The executor goes away mid-job: the origin runs the job itself (its input fetched
+    from the other peer holding it)."""
+    a, b, c = await start(cluster, "a", "b", "c")
+    for peer in (b, c):
+        cluster.grant(peer, a, "jobs:submit,buffers:read")
+    await cluster.configure()
+    tfs = Transformations()
+    big = os.urandom(2 * MiB)
+    tf = tfs.python("def f(data):\n    import time\n    time.sleep(1)\n    return len(data)\n", data=(big, "bytes"))
+    data_cs = next(cs for cs, d in tfs.buffers.items() if d is big)
+    await put(http, a, {cs: d for cs, d in tfs.buffers.items() if cs != data_cs})
+    await put(http, b, {data_cs: big})
+    await put(http, c, {data_cs: big})
+    job = await submit(http, a, tf, wait=0)
+    await wait_for(lambda: job_pids(b) or job_pids(c), timeout=10)
+    lost, other = (b, c) if job_pids(b) else (c, b)
+    lost.stop()
+    r = await http.get(f"{a.url}/api/v1/jobs/{job['checksum']}", params={"wait": 30})
+    done = r.json()["job"]
+    assert done["state"] == "done" and done["executor"] is None, done
+    assert celltypes.deserialize(await a.context.buffers.read(done["result"]), "mixed") == 2 * MiB
+    reasons = ("unreachable", "refused", "bad-answer")
+    assert sum(counter(a, "jobs_forward_failed_total", peer=lost.name, reason=r) for r in reasons) == 1
+    assert nothing_ran(other)

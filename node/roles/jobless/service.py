@@ -91,7 +91,7 @@ class Job:
     #: for a job a peer forwarded: the node it runs for, and the nodes that forwarded it
     submitter: str = ""
     hops: tuple[str, ...] = ()
-    #: the peer this job was forwarded to, if any
+    #: the peer this job is (or was) forwarded to, if any
     executor: str | None = None
     #: kinds of the waiters that went away without cancelling (see cancel_waiters)
     left: set[str] = field(default_factory=set)
@@ -415,17 +415,18 @@ class JobService:
             return
         if peer is not None:
             assert self.forwarder is not None
+            job.executor = peer
             remote = await self.forwarder.forward(job, peer, lambda: self._started(job))
             if not remote.run_here:
                 job.stats = dict(remote.stats)
                 if remote.result is None:
                     self._transition(job, Event.FAIL, error=remote.error, failure_kind=remote.failure_kind)
                     return
-                job.executor = peer
                 self._result_ready(job, remote.result)
                 self._transition(job, Event.SUCCEED, result=remote.result)
                 return
             log.warning("job %s runs here after all: %s", job.checksum, remote.error)
+            job.executor = None
             await self.in_flight.acquire_on_behalf_of(job)
             spec = await self.gateway.build_spec(tf, self.limits)
         if missing is not None:
