@@ -75,8 +75,6 @@ class JobForwarder:
         self.inline_max = int(cfg.forward_inline)
         self.poll = float(cfg.forward_poll)
         self.timeout = float(cfg.request_timeout)
-        #: per job: which inputs its chosen peer was seen to hold (for what to send along)
-        self._held: dict[str, frozenset[str]] = {}
         metrics = federation.context.metrics
         metrics.describe(FORWARD_FAILED, "jobs a peer refused, lost or answered wrongly (run here instead)")
 
@@ -131,18 +129,16 @@ class JobForwarder:
             )
         choice = place(sizes, candidates, self_id=fed.node_id, hops=job.hops, policy=self.policy)
         log.debug("placement of %s: %s %s", job.checksum, choice.reason, choice.costs)
-        if not choice.forward:
-            return None
-        assert choice.target is not None
-        self._held[job.checksum] = frozenset(held[choice.target])
-        return choice.target
+        return choice.target if choice.forward else None
 
     # -- running at a peer -----------------------------------------------------------
 
     async def forward(self, job: Job, peer: str, started: Callable[[], None]) -> RemoteOutcome:
         fed = self.fed
         label = fed.label(peer)
-        held = self._held.pop(job.checksum, frozenset())
+        now = trio.current_time()  # what placement saw the peer hold (cached presence)
+        cache = fed.locator.cache
+        held = {cs for cs in job.transformation.input_checksums if cache.get(peer, cs, now)[1] is not None}
         body: dict[str, Any] = {
             "transformation": job.request,
             "tf_dunder": job.tf_dunder,
@@ -174,9 +170,10 @@ class JobForwarder:
                     return await self._take_result(job, peer, answer)
                 if state in ("failed", "cancelled"):
                     error = answer.get("error")
+                    kind = str(answer.get("failure") or "error") if state == "failed" else "forward"
                     return RemoteOutcome(
                         error=f"at {label}: {error if isinstance(error, str) else state}",
-                        failure_kind=str(answer.get("failure") or "error") if state == "failed" else "forward",
+                        failure_kind=kind,
                         stats=_stats(answer),
                     )
                 return self._failed(peer, "bad-answer", f"unexpected answer {str(answer)[:200]}")

@@ -197,7 +197,8 @@ def federation_blueprints(service: Any) -> list[Blueprint]:
             raw = await read_body(request, job_limits)
             if hashlib.sha256(raw).hexdigest() != request.headers.get("X-Seamless-Content-SHA256"):
                 raise gate.refuse(
-                    401, Reason.BODY_MISMATCH.value, "the body does not match its signed hash", admission.origin
+                    401, Reason.BODY_MISMATCH.value, "the body does not match its signed hash",
+                    admission.origin,
                 )
             try:
                 body = json.loads(raw)

@@ -65,7 +65,9 @@ async def put(http: httpx.AsyncClient, fed: FedNode, buffers: dict[str, bytes]) 
         assert r.status_code in (200, 201), r.text
 
 
-async def submit(http: httpx.AsyncClient, fed: FedNode, tf: dict[str, Any], wait: float = 30) -> dict[str, Any]:
+async def submit(
+    http: httpx.AsyncClient, fed: FedNode, tf: dict[str, Any], wait: float = 30
+) -> dict[str, Any]:
     r = await http.post(f"{fed.url}/api/v1/jobs", params={"wait": wait}, json={"transformation": tf})
     assert r.status_code in (200, 202), r.text
     return r.json()["job"]  # type: ignore[no-any-return]
@@ -103,7 +105,8 @@ async def test_job_runs_where_its_50mb_input_is(cluster: Cluster, http: httpx.As
     # B ran it, for A, and recorded it
     ran = jobless(b).service.get(job["checksum"])
     assert ran is not None and ran.submitter == a.node_id and ran.executor is None
-    r = await http.post(f"{b.url}/api/v1/database/read", json={"type": "metadata", "checksum": job["checksum"]})
+    query = {"type": "metadata", "checksum": job["checksum"]}
+    r = await http.post(f"{b.url}/api/v1/database/read", json=query)
     record = r.json()["value"]
     assert record["result_checksum"] == result
     assert record["submitter"] == a.node_id and record["forwarded_by"] == [a.node_id]
@@ -116,7 +119,8 @@ async def test_job_runs_where_its_50mb_input_is(cluster: Cluster, http: httpx.As
     assert counter(b, "jobs_received_total", peer="a") == 1
     assert counter(b, "jobs_forwarded_total", peer="a") == 0
     assert nothing_ran(c)
-    assert 'seamless_node_federation_jobs_forwarded_total{peer="b"} 1' in (await http.get(f"{a.url}/metrics")).text
+    metrics = (await http.get(f"{a.url}/metrics")).text
+    assert 'seamless_node_federation_jobs_forwarded_total{peer="b"} 1' in metrics
     peers = (await http.get(f"{a.url}/api/v1/peers")).json()["peers"]
     assert {p["name"]: p["jobs_forwarded"] for p in peers} == {"b": 1, "c": 0}
 
@@ -183,8 +187,8 @@ async def test_forwarding_is_not_transitive(cluster: Cluster, http: httpx.AsyncC
 
     async def refused_reason() -> tuple[int, str]:
         with pytest.raises(PeerRefused) as exc:
-            await send(a.node_id, "POST", "/federation/jobs", body_for(tf, [c.node_id, b.node_id], inline=inline),
-                       on_behalf_of=c.node_id)
+            body = body_for(tf, [c.node_id, b.node_id], inline=inline)
+            await send(a.node_id, "POST", "/federation/jobs", body, on_behalf_of=c.node_id)
         return exc.value.status, exc.value.reason
 
     assert await refused_reason() == (403, "not-granted")  # C holds no jobs:submit at A
@@ -250,7 +254,9 @@ async def test_jobs_submit_limit_429(cluster: Cluster, http: httpx.AsyncClient):
     send = b.federation.client.call
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
-            lambda: send(a.node_id, "POST", "/federation/jobs", body_for(slow, [b.node_id], inline=slow_inline))
+            lambda: send(
+                a.node_id, "POST", "/federation/jobs", body_for(slow, [b.node_id], inline=slow_inline)
+            )
         )
         await wait_for(lambda: job_pids(a), timeout=10)
         with pytest.raises(PeerRefused) as exc:
@@ -286,8 +292,13 @@ async def test_cancel_at_origin_kills_the_job_at_the_executor(cluster: Cluster, 
     assert (exc.value.status, exc.value.reason) == (409, "forward-loop")
     r = await http.delete(f"{a.url}/api/v1/jobs/{job['checksum']}")
     assert r.json()["cancelled"] is True
-    took = await wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                                          for p in pids), timeout=2)
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    took = await wait_for(lambda: not any(alive(p) for p in pids), timeout=2)
     assert took < 2
     await wait_for(lambda: jobless(b).service.get(job["checksum"]).state.value == "cancelled", timeout=2)
     assert jobless(a).service.get(job["checksum"]).state.value == "cancelled"
@@ -325,7 +336,8 @@ async def test_a_job_whose_executor_is_lost_runs_here(cluster: Cluster, http: ht
     await cluster.configure()
     tfs = Transformations()
     big = os.urandom(2 * MiB)
-    tf = tfs.python("def f(data):\n    import time\n    time.sleep(1)\n    return len(data)\n", data=(big, "bytes"))
+    code = "def f(data):\n    import time\n    time.sleep(1)\n    return len(data)\n"
+    tf = tfs.python(code, data=(big, "bytes"))
     data_cs = next(cs for cs, d in tfs.buffers.items() if d is big)
     await put(http, a, {cs: d for cs, d in tfs.buffers.items() if cs != data_cs})
     await put(http, b, {data_cs: big})
