@@ -16,12 +16,22 @@ processes (A on 127.0.0.1, B on 127.0.0.2, free ports), uploads one random buffe
    this machine (no hashing, no disk write). For reference also ``curl -o FILE`` on A's
    disk followed by an fsync of the file: a plain download that lands durably.
 
+3. **forwarded job** (``--job-rounds``): two nodes with the jobless role, B granting A
+   ``jobs:submit`` and ``buffers:read``. A trivial Python transformation (``lambda data,
+   n: n``) with a 2 MiB input held by B only, submitted with ``POST /api/v1/jobs?wait=``
+   at A, where placement forwards it to B (inputs A holds travel along, B answers with
+   the result, its signed claim and the result buffer), against the same kind of
+   transformation submitted at B, which runs it locally. Each round uses a new value of
+   ``n`` (a new transformation, nothing cached); the difference of the medians is the
+   added latency of forwarding. ``--job-rounds 0`` skips it; ``--fetch-rounds 0`` skips
+   the fetch part.
+
 Before each measurement the script waits for the machine to be idle (other sessions share
-it), within ``--max-wait`` seconds in all. Goal (issue #5): peer fetch at least 0.5x
-nginx-to-curl. The forwarded-job latency part of
-the benchmark waits for job forwarding. MB is 10^6 bytes; every read is from the page
-cache. Results go to the terminal and to bench/results/federation.json; every process
-and the temporary directory are removed on exit.
+it), within ``--max-wait`` seconds in all. Goals (issue #5): peer fetch at least 0.5x
+nginx-to-curl; forwarding overhead of a trivial job under 20 ms. MB is 10^6 bytes; every
+read is from the page cache. Results go to the terminal and to
+bench/results/federation.json; every process and the temporary directory are removed on
+exit.
 """
 
 from __future__ import annotations
@@ -356,13 +366,149 @@ def measure(size: int, rounds: int, quiet: Quiet) -> dict[str, object]:
     }
 
 
+JOB_ROLES = "buffers,database,jobless"
+
+
+@contextlib.contextmanager
+def job_nodes(tmp: Path) -> Iterator[tuple[str, str]]:
+    """Nodes A (127.0.0.1) and B (127.0.0.2) with the jobless role; B grants A jobs:submit
+    and buffers:read, A grants B buffers:read."""
+    a_dir, b_dir = tmp / "a", tmp / "b"
+    a_id = cli("keygen", "--data-dir", str(a_dir)).strip()
+    b_id = cli("keygen", "--data-dir", str(b_dir)).strip()
+    b_link, a_link = tmp / "b-grants-a.link", tmp / "a-grants-b.link"
+    b_link.write_text(
+        cli("link", "grant", "--data-dir", str(b_dir), "--to", a_id, "--grant", "jobs:submit,buffers:read")
+    )
+    a_link.write_text(cli("link", "grant", "--data-dir", str(a_dir), "--to", b_id, "--grant", "buffers:read"))
+    procs: list[Proc] = []
+    try:
+        urls = {}
+        for name, host, data_dir in (("b", "127.0.0.2", b_dir), ("a", "127.0.0.1", a_dir)):
+            if name == "a":
+                write_yaml(
+                    a_dir / "peers.yaml",
+                    f"peers:\n  - node_id: {b_id}\n    name: b\n    urls: [{urls['b']}]\n"
+                    f"    links: [{b_link}, {a_link}]\n",
+                )
+            proc = Proc(
+                [sys.executable, "-m", "node", "run", "--roles", JOB_ROLES, "--host", host, "--port", "0",
+                 "--data-dir", str(data_dir)],
+                tmp / f"{name}.log",
+            )
+            procs.append(proc)
+            urls[name] = proc.url()
+            if name == "b":
+                write_yaml(
+                    b_dir / "peers.yaml",
+                    f"peers:\n  - node_id: {a_id}\n    name: a\n    links: [{b_link}, {a_link}]\n",
+                )
+        yield urls["a"], urls["b"]
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def measure_jobs(rounds: int, quiet: Quiet) -> dict[str, object]:
+    import hashlib
+
+    sys.path.insert(0, str(ROOT))
+    from node import celltypes
+
+    def buffer(value: object, celltype: str) -> tuple[str, bytes]:
+        data = celltypes.serialize(value, celltype)
+        return hashlib.sha256(data).hexdigest(), data
+
+    code_cs, code = buffer("lambda data, n: n", "python")
+    data_cs, data = buffer(os.urandom(2 * 1024 * 1024), "bytes")
+    tmp = Path(tempfile.mkdtemp(prefix="seamless-bench-fwd-"))
+    results: dict[str, list[float]] = {"local": [], "forwarded": []}
+    try:
+        with job_nodes(tmp) as (a_url, b_url), httpx.Client(timeout=120) as http:
+            for url, cs, value in ((a_url, code_cs, code), (b_url, code_cs, code), (b_url, data_cs, data)):
+                assert http.put(f"{url}/buffers/{cs}", content=value).status_code in (200, 201)
+
+            def run(url: str, n: int) -> tuple[float, dict[str, object]]:
+                n_cs, n_data = buffer(n, "mixed")
+                assert http.put(f"{url}/buffers/{n_cs}", content=n_data).status_code in (200, 201)
+                tf = {
+                    "__language__": "python",
+                    "__output__": ["result", "mixed", None],
+                    "code": ["python", "transformer", code_cs],
+                    "data": ["bytes", None, data_cs],
+                    "n": ["mixed", None, n_cs],
+                }
+                started = time.perf_counter()
+                r = http.post(f"{url}/api/v1/jobs", params={"wait": 60}, json={"transformation": tf})
+                elapsed = time.perf_counter() - started
+                job = r.json()["job"]
+                if r.status_code != 200 or job["state"] != "done":
+                    raise RuntimeError(f"job failed: {r.text}\n{(tmp / 'a.log').read_text()[-3000:]}")
+                return elapsed, job
+
+            seed = int(time.time() * 1000)
+            for i in range(3):  # warm up: worker pools, connections, presence caches
+                run(b_url, seed + 2 * i)
+                _, job = run(a_url, seed + 2 * i + 1)
+                if job.get("executor") is None:
+                    raise RuntimeError("the job submitted at A was not forwarded to B")
+            for i in range(rounds):
+                n = seed + 1000 + 2 * i
+                quiet.wait()
+                results["local"].append(run(b_url, n)[0] * 1000)
+                quiet.wait()
+                elapsed, job = run(a_url, n + 1)
+                if job.get("executor") is None:
+                    raise RuntimeError("the job submitted at A was not forwarded to B")
+                results["forwarded"].append(elapsed * 1000)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    return {
+        "rounds": rounds,
+        "ms": med,
+        "all_ms": results,
+        "overhead_ms": med["forwarded"] - med["local"],
+        "goal": "forwarding overhead of a trivial job under 20 ms",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", "--fetch-rounds", dest="rounds", type=int, default=5)
+    parser.add_argument("--job-rounds", type=int, default=15)
     parser.add_argument("--max-wait", type=float, default=120, help="Seconds to wait for quiet, in all.")
     args = parser.parse_args()
     quiet = Quiet(args.max_wait)
+    report: dict[str, object] = {}
+    if args.job_rounds > 0:
+        jobs = measure_jobs(args.job_rounds, quiet)
+        ms = jobs["ms"]
+        assert isinstance(ms, dict)
+        overhead = jobs["overhead_ms"]
+        assert isinstance(overhead, float)
+        print(f"trivial job, median of {args.job_rounds} rounds, ms (POST /api/v1/jobs?wait= until done):")
+        print(f"  run locally (submitted at B)           {ms['local']:8.1f}")
+        print(f"  forwarded (submitted at A, run at B)   {ms['forwarded']:8.1f}")
+        print(
+            f"  forwarding overhead                    {overhead:8.1f}   "
+            f"(goal < 20 ms: {'met' if overhead < 20 else 'NOT met'}; "
+            f"{ms['forwarded'] / ms['local']:.2f}x the local job)"
+        )
+        report["jobs"] = jobs
+    if args.rounds > 0:
+        report.update(fetch_report(args, quiet))
+    if quiet.disturbed:
+        print(f"  ({quiet.disturbed} measurements taken while the machine was busy with other work)")
+    out = ROOT / "bench" / "results" / "federation.json"
+    out.parent.mkdir(exist_ok=True)
+    with contextlib.suppress(OSError, ValueError):  # a part not run keeps its last figures
+        report = {**json.loads(out.read_text()), **report}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def fetch_report(args: argparse.Namespace, quiet: Quiet) -> dict[str, object]:
     report = measure(args.size_mib * 1024 * 1024, args.rounds, quiet)
     mb = report["mb_s"]
     assert isinstance(mb, dict)
@@ -377,11 +523,7 @@ def main() -> None:
         f"  peer fetch / nginx-to-curl             {ratio:8.2f}x   "
         f"(goal >= 0.5x: {'met' if ratio >= 0.5 else 'NOT met'})"
     )
-    if quiet.disturbed:
-        print(f"  ({quiet.disturbed} measurements taken while the machine was busy with other work)")
-    out = ROOT / "bench" / "results" / "federation.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 if __name__ == "__main__":

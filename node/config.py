@@ -245,6 +245,20 @@ class FederationSection:
     max_clock_skew: Seconds = Seconds(60.0)
     #: transformations unknown here are looked up at peers granting results:read
     lookup_results: bool = True
+    #: a submitted job may run at a peer granting us jobs:submit that holds more of its inputs
+    forward_jobs: bool = True
+    #: placement: what forwarding a job costs, in bytes of input that would have to move
+    forward_cost: Size = Size(1024**2)
+    #: placement: what a fully busy node costs, in bytes of input that would have to move
+    load_cost: Size = Size(64 * 1024**2)
+    #: a job is forwarded at most this many times (longer hop lists are refused)
+    max_hops: int = 3
+    #: inputs up to this many bytes in all travel with a forwarded job (larger: fetched by the executor)
+    forward_inline: Size = Size(1024**2)
+    #: a forwarded job's executor answers "still running" after this long; the origin asks again
+    forward_poll: Seconds = Seconds(50.0)
+    #: how old a peer's job load (from its ping answer) may be before placement asks again
+    peer_status_ttl: Seconds = Seconds(5.0)
 
 
 @dataclass(frozen=True)
@@ -456,6 +470,10 @@ def _validate_federation(cfg: FederationSection) -> None:
         raise ConfigError(f"federation.enabled must be auto, true or false, got {cfg.enabled!r}")
     if not 1 <= cfg.max_clock_skew <= 600:
         raise ConfigError("federation.max_clock_skew must be between 1 and 600 seconds")
+    if not 0 <= cfg.max_hops <= 16:
+        raise ConfigError("federation.max_hops must be between 0 and 16")
+    if not 1 <= cfg.forward_poll <= 600:
+        raise ConfigError("federation.forward_poll must be between 1 and 600 seconds")
     seen: set[str] = set()
     for peer in cfg.peers:
         problem = peer_problem(peer)

@@ -169,6 +169,59 @@ class Gate:
         capability: str | None,
     ) -> Admission:
         """Authenticate, check replay, authorize and apply limits; Refusal otherwise."""
+        origin, on_behalf_of = await self._authenticate(method, target, headers, body_sha256)
+        label = self.label(origin)
+        grant = None
+        release = None
+        if capability is not None:
+            decision = self.watcher.registry.incoming(origin, capability, self.clock())
+            if decision.grant is None:
+                raise self.refuse(403, "not-granted", decision.reason, origin)
+            grant = decision.grant
+            release = self._apply_limits(origin, capability, grant)
+        self.metrics.inc(
+            "seamless_node_federation_requests_total", peer=label, capability=capability or "none"
+        )
+        return Admission(origin, label, grant, on_behalf_of, release)
+
+    async def admit_job(self, *, method: str, target: str, headers: Any) -> Admission:
+        """Admit a job sent by a peer, for itself or forwarded on behalf of another node.
+
+        Nothing is transitive (security.md rule 8): the submitter (``X-Seamless-On-Behalf-Of``,
+        else the origin) needs ``jobs:submit`` from this node, and an origin forwarding for
+        another node needs ``forward`` from this node too; the limits of both grants apply
+        (``jobs:submit`` limits count the submitter's jobs, whoever forwards them)."""
+        origin, on_behalf_of = await self._authenticate(method, target, headers, None)
+        registry, now = self.watcher.registry, self.clock()
+        submitter = on_behalf_of or origin
+        decision = registry.incoming(submitter, "jobs:submit", now)
+        if decision.grant is None:
+            raise self.refuse(403, "not-granted", decision.reason, origin)
+        releases: list[Callable[[], None]] = []
+        if submitter != origin:
+            forward = registry.incoming(origin, "forward", now)
+            if forward.grant is None:
+                raise self.refuse(403, "not-granted", forward.reason, origin)
+            releases.append(self._apply_limits(origin, "forward", forward.grant))
+        try:
+            releases.append(self._apply_limits(submitter, "jobs:submit", decision.grant))
+        except Refusal:
+            for release in releases:
+                release()
+            raise
+        label = self.label(origin)
+        self.metrics.inc("seamless_node_federation_requests_total", peer=label, capability="jobs:submit")
+
+        def release_all() -> None:
+            for release in releases:
+                release()
+
+        return Admission(origin, label, decision.grant, submitter, release_all)
+
+    async def _authenticate(
+        self, method: str, target: str, headers: Any, body_sha256: str | None
+    ) -> tuple[str, str]:
+        """Signature and nonce checks (401 otherwise): (origin, on_behalf_of)."""
         await self.watcher.refresh()
         verdict = self._verify(method, target, headers, body_sha256)
         if verdict.reason in (Reason.UNKNOWN_ORIGIN, Reason.UNKNOWN_KEY) and verdict.request is not None:
@@ -193,19 +246,7 @@ class Gate:
         if not fresh:
             raise self.refuse(401, Reason.REPLAY.value, "this request was seen before", origin)
         self.last_seen[origin] = self.clock()
-        label = self.label(origin)
-        grant = None
-        release = None
-        if capability is not None:
-            decision = self.watcher.registry.incoming(origin, capability, self.clock())
-            if decision.grant is None:
-                raise self.refuse(403, "not-granted", decision.reason, origin)
-            grant = decision.grant
-            release = self._apply_limits(origin, capability, grant)
-        self.metrics.inc(
-            "seamless_node_federation_requests_total", peer=label, capability=capability or "none"
-        )
-        return Admission(origin, label, grant, request.on_behalf_of, release)
+        return origin, request.on_behalf_of
 
     def _apply_limits(self, origin: str, capability: str, grant: Grant) -> Callable[[], None]:
         key = (origin, capability)

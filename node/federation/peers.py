@@ -170,12 +170,21 @@ class PeerClient:
             extra = {KEYSET_HEADER: self.keyset_header()}
 
     async def call(
-        self, peer: str, method: str, target: str, payload: Any = None, *, on_behalf_of: str = ""
+        self,
+        peer: str,
+        method: str,
+        target: str,
+        payload: Any = None,
+        *,
+        on_behalf_of: str = "",
+        time_limit: float | None = None,
     ) -> Any:
         """A signed request with an optional JSON body; the JSON answer."""
         body = b"" if payload is None else json.dumps(payload).encode()
         try:
-            async with self.stream(peer, method, target, body=body, on_behalf_of=on_behalf_of) as response:
+            async with self.stream(
+                peer, method, target, body=body, on_behalf_of=on_behalf_of, time_limit=time_limit
+            ) as response:
                 data = bytearray()
                 async for chunk in response.aiter_raw():
                     data += chunk

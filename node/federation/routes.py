@@ -14,6 +14,9 @@ GET  /federation/buffers/<cs>               buffers:read     the bytes (404 if a
 PUT  /federation/buffers/<cs>               buffers:write    200 stored / 201 present
 POST /federation/results/lookup             results:read     [signed claim or null, ...]
 POST /federation/results/claims             results:write    [status per claim]
+POST /federation/jobs                       jobs:submit (+   run a job (executing.py):
+                                            forward)         {"state": ...} when it ends
+POST /federation/jobs/<cs>/cancel           (any peer)       {"cancelled": bool}
 GET  /api/v1/peers                          (local API)      every peer's status
 ==========================================  ===============  ==========================
 
@@ -91,7 +94,7 @@ def federation_blueprints(service: Any) -> list[Blueprint]:
     async def ping() -> Response:
         admission = await admit(None)
         service.seen(admission.origin)
-        return _json({"node_id": service.node_id, "time": service.clock()})
+        return _json(service.ping_answer())
 
     @bp.route("/buffers/has", methods=["POST"])
     async def has() -> Response:
@@ -183,6 +186,33 @@ def federation_blueprints(service: Any) -> list[Blueprint]:
             return _json(await service.results.accept_pushed(admission.origin, docs))
         finally:
             admission.release()
+
+    receiver = service.receiver
+    job_limits = BodyLimits(max_bytes=receiver.body_limit, idle_timeout=30.0)
+
+    @bp.route("/jobs", methods=["POST"])
+    async def run_job() -> Response:
+        admission = await gate.admit_job(method=request.method, target=_target(), headers=request.headers)
+        try:
+            raw = await read_body(request, job_limits)
+            if hashlib.sha256(raw).hexdigest() != request.headers.get("X-Seamless-Content-SHA256"):
+                raise gate.refuse(
+                    401, Reason.BODY_MISMATCH.value, "the body does not match its signed hash",
+                    admission.origin,
+                )
+            try:
+                body = json.loads(raw)
+            except (ValueError, RecursionError):
+                raise Refusal(400, "malformed-body", "expected a JSON body") from None
+            return _json(await receiver.run(admission, body))
+        finally:
+            admission.release()
+
+    @bp.route("/jobs/<checksum>/cancel", methods=["POST"])
+    async def cancel_job(checksum: str) -> Response:
+        admission = await admit(None)
+        parse_checksum(checksum)
+        return _json({"cancelled": receiver.cancel(admission.origin, checksum)})
 
     api = Blueprint("federation_api", __name__, url_prefix="/api/v1")
 

@@ -15,12 +15,13 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
 from .canonical import now as wall_clock
 from .claims import ClaimStore
+from .executing import JobReceiver
 from .fetch import BufferFetcher, PeerSource
 from .files import RegistryWatcher
 from .gate import Gate
@@ -94,7 +95,14 @@ class FederationService:
         )
         self.status: dict[str, PeerStatus] = {}
         self._sources: dict[str, PeerSource] = {}
+        #: jobs peers send here (its job service is attached by the jobless role)
+        self.receiver = JobReceiver(self)
+        #: this node's job load for its ping answer (set by the jobless role)
+        self.job_load: Callable[[], float] | None = None
+        #: peer -> (trio time, its job load or None when it runs no jobs), from its pings
+        self.peer_loads: dict[str, tuple[float, float | None]] = {}
         metrics.describe("seamless_node_federation_jobs_forwarded_total", "jobs forwarded to peers")
+        self.metrics = metrics
         metrics.describe("seamless_node_federation_bytes_served_total", "buffer bytes served to peers")
         for peer in self.registry.peers.values():
             metrics.inc("seamless_node_federation_bytes_fetched_total", 0, peer=peer.label)
@@ -131,6 +139,14 @@ class FederationService:
 
     # -- buffers ---------------------------------------------------------------------
 
+    def peer_source(self, peer: str) -> PeerSource:
+        source = self._sources.get(peer)
+        if source is None:
+            source = self._sources[peer] = PeerSource(
+                self.client, peer, timeout=float(self.context.config.federation.request_timeout)
+            )
+        return source
+
     def buffer_sources(self) -> list[Source]:
         """Peers that grant us buffers:read and that we fetch from, in configuration order."""
         now = self.clock()
@@ -138,12 +154,7 @@ class FederationService:
         for peer, entry in self.registry.peers.items():
             if not entry.fetch_buffers or not self.registry.outgoing(peer, "buffers:read", now).allowed:
                 continue
-            source = self._sources.get(peer)
-            if source is None:
-                source = self._sources[peer] = PeerSource(
-                    self.client, peer, timeout=float(self.context.config.federation.request_timeout)
-                )
-            sources.append(source)
+            sources.append(self.peer_source(peer))
         return sources
 
     async def fetch_missing(self, checksum: str) -> bool:
@@ -161,6 +172,47 @@ class FederationService:
             return None
         return await self.results.lookup(transformation, include_local=include_local)
 
+    # -- jobs ------------------------------------------------------------------------
+
+    def attach_jobs(self, jobs: Any, load: Callable[[], float]) -> None:
+        """Called by the jobless role: run jobs peers send, forward jobs to peers."""
+        from .forwarding import JobForwarder
+
+        self.receiver.jobs = jobs
+        self.job_load = load
+        jobs.forwarder = JobForwarder(self, load)
+
+    def ping_answer(self) -> dict[str, Any]:
+        load = self.job_load
+        return {
+            "node_id": self.node_id,
+            "time": self.clock(),
+            "jobs": None if load is None else {"load": round(float(load()), 4)},
+        }
+
+    def _note_ping(self, peer: str, answer: Any) -> None:
+        jobs = answer.get("jobs") if isinstance(answer, dict) else None
+        load = jobs.get("load") if isinstance(jobs, dict) else None
+        ok = isinstance(load, (int, float)) and not isinstance(load, bool) and load >= 0
+        self.peer_loads[peer] = (trio.current_time(), float(load) if ok else None)
+
+    async def peer_job_load(self, peer: str) -> float | None:
+        """A peer's job load (running / slots) as it last said, asked again when older than
+        ``peer_status_ttl``; None when it runs no jobs or cannot be reached."""
+        cfg = self.context.config.federation
+        seen = self.peer_loads.get(peer)
+        if seen is not None and trio.current_time() - seen[0] <= float(cfg.peer_status_ttl):
+            return seen[1]
+        with trio.move_on_after(float(cfg.request_timeout)):
+            try:
+                self._note_ping(peer, await self.client.ping(peer))
+                self.seen(peer)
+            except PeerError as exc:
+                log.info("%s cannot take jobs now: %s", self.label(peer), exc)
+                self.peer_loads[peer] = (trio.current_time(), None)
+        seen = self.peer_loads.get(peer)
+        return seen[1] if seen is not None else None
+
     # -- peers -----------------------------------------------------------------------
 
     def seen(self, peer: str) -> None:
@@ -172,7 +224,7 @@ class FederationService:
         try:
             if self.registry.keyset(peer) is None:
                 self.watcher.learn(await self.client.keys(peer))
-            await self.client.ping(peer)
+            self._note_ping(peer, await self.client.ping(peer))
         except PeerRefused as exc:
             status.reachable, status.accepts_us, status.error = True, False, str(exc)
         except PeerError as exc:
@@ -221,6 +273,12 @@ class FederationService:
                     "error": status.error,
                     "fetch_buffers": entry.fetch_buffers,
                     "marked_bad": None if mark is None or mark.until <= trio.current_time() else mark.reason,
+                    "jobs_forwarded": int(
+                        self.metrics.value("seamless_node_federation_jobs_forwarded_total", peer=entry.label)
+                    ),
+                    "jobs_received": int(
+                        self.metrics.value("seamless_node_federation_jobs_received_total", peer=entry.label)
+                    ),
                     **self.registry.grants_summary(peer, now),
                 }
             )

@@ -33,8 +33,10 @@ async def _probe(client: PeerClient, watcher: RegistryWatcher, peer: str, out: d
         try:
             if watcher.registry.keyset(peer) is None:
                 watcher.learn(await client.keys(peer))
-            await client.ping(peer)
-            out.update(reachable=True, accepts_us=True, error="", last_seen=now())
+            answer = await client.ping(peer)
+            jobs = answer.get("jobs") if isinstance(answer, dict) else None
+            load = jobs.get("load") if isinstance(jobs, dict) else None
+            out.update(reachable=True, accepts_us=True, error="", last_seen=now(), job_load=load)
         except PeerRefused as exc:
             out.update(reachable=True, accepts_us=False, error=str(exc))
         except PeerError as exc:
@@ -102,6 +104,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"{row['name'] or '(no name)'}  {row['node_id']}")
         lines.append(f"  url          {' '.join(row['urls']) or '(unknown)'}")
         lines.append(f"  reachable    {yes_no[row['reachable']]}   accepts us: {yes_no[row['accepts_us']]}")
+        if isinstance(row.get("job_load"), (int, float)):
+            lines.append(f"  runs jobs    yes (load {row['job_load']:g})")
         if row.get("error"):
             lines.append(f"  error        {row['error']}")
         lines.append(f"  we grant     {_grants(row['to_peer'])}")

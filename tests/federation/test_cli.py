@@ -123,6 +123,7 @@ async def test_peers_command_against_running_nodes(cluster: Cluster, http: httpx
     assert rows["b"]["to_peer"][0]["grants"] == {"buffers:read": {}, "results:read": {}}
     assert rows["b"]["from_peer"][0]["status"] == "valid"
     assert rows["b"]["last_seen"]
+    assert rows["b"]["job_load"] == 0  # B runs jobless (every built role), idle
     assert rows["c"]["reachable"] and rows["c"]["accepts_us"] is False
     proc = await trio.run_process(
         [sys.executable, "-m", "node", "peers", "--data-dir", str(a.data_dir)],
@@ -132,4 +133,5 @@ async def test_peers_command_against_running_nodes(cluster: Cluster, http: httpx
     )
     text = proc.stdout.decode()
     assert "reachable    yes   accepts us: yes" in text and "we grant     buffers:read,results:read #" in text
+    assert "runs jobs    yes (load 0)" in text
     assert yaml.safe_load((a.data_dir / "peers.yaml").read_text())["peers"]

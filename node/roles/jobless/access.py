@@ -1,8 +1,9 @@
 """Who may submit jobs (security.md rule 11): clients on the local machine only.
 
-Running a job is running someone's code. Until signed peer links exist (federation),
-every job route answers 403 to any client whose address is not loopback, before
-reading the request body; nothing is spawned for it.
+Running a job is running someone's code. Every job route answers 403 to any client whose
+address is not loopback, before reading the request body; nothing is spawned for it.
+Other nodes submit through signed ``/federation/jobs`` requests instead, admitted only
+under the grants this node signed (node.federation.executing).
 """
 
 from __future__ import annotations
@@ -34,5 +35,5 @@ def check_local(address: str | None) -> None:
     if not is_local(address):
         raise Forbidden(
             f"jobs are accepted only from the local machine; {address or 'an unknown address'} is not "
-            "(signed peer links will allow other nodes)"
+            "(other nodes submit through signed peer links)"
         )

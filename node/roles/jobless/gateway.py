@@ -1,7 +1,8 @@
 """Where jobs get their inputs and put their results.
 
 Buffers come from, and go to, the node's own store through ``BufferService`` (the one
-door of the store), or a buffer server at ``jobless.buffer_url`` when one is configured
+door of the store; a buffer missing there is fetched from a peer that holds it, when
+federation is on), or a buffer server at ``jobless.buffer_url`` when one is configured
 (the hashserver protocol; every buffer fetched is verified against its checksum). Known
 results are looked up in, and new ones recorded into, the node's database role when it
 runs (``context.mappings``), else a database server at ``jobless.database_url``, else
@@ -66,6 +67,8 @@ class Gateway:
             if data is None and service.pending.is_pending(checksum):
                 await service.pending.wait(checksum)
                 data = await service.read(checksum)
+            if data is None and await self.context.fetch_missing(checksum):
+                data = await service.read(checksum)  # fetched from a peer (verified)
             return data
         r = await self.http.get(f"{self.buffer_url}/{checksum}")
         if r.status_code == 404:

@@ -79,9 +79,19 @@ class JoblessRole(Role):
 
         return [jobserver_blueprint(self), jobs_api_blueprint(self)]
 
+    def load(self) -> float:
+        """Jobs running or waiting for a slot, per slot (0 when the backend does not say)."""
+        info = self.backend.info()
+        slots = info.get("slots") or 0
+        if not slots:
+            return 0.0
+        return float(info.get("busy", 0) + info.get("waiting", 0)) / float(slots)
+
     async def start(self, nursery: trio.Nursery) -> None:
         await self.backend.start(nursery)
         await nursery.start(self.service.run)
+        if self.context.federation is not None:  # run peers' jobs, forward jobs to peers
+            self.context.federation.attach_jobs(self.service, self.load)
         log.info("jobless: %s backend; jobs at /jobserver and /api/v1/jobs", self.backend.name)
 
     async def aclose(self) -> None:

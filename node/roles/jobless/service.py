@@ -22,7 +22,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import trio
 
@@ -59,10 +59,42 @@ class JobEvent:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class RemoteOutcome:
+    """How a job forwarded to a peer ended (see Forwarder)."""
+
+    result: str | None = None  # the result checksum, its buffer stored here
+    error: str | None = None
+    failure_kind: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    #: the peer did not run it (refused, unreachable, lost, untrustworthy answer): run here
+    run_here: bool = False
+
+
+class Forwarder(Protocol):
+    """Runs jobs at peers (node.federation.forwarding.JobForwarder implements it)."""
+
+    async def plan(self, job: "Job") -> str | None:
+        """The peer to run *job* at, or None to run it here."""
+
+    async def forward(self, job: "Job", peer: str, started: Callable[[], None]) -> RemoteOutcome:
+        """Run *job* at *peer* until it ends; cancelling this cancels it at the peer."""
+
+
 @dataclass(eq=False)
 class Job:
     transformation: Transformation
     origin: str
+    #: the transformation dict as submitted, and its dunder keys (what a peer is sent)
+    request: dict[str, Any] = field(default_factory=dict)
+    tf_dunder: dict[str, Any] | None = None
+    #: for a job a peer forwarded: the node it runs for, and the nodes that forwarded it
+    submitter: str = ""
+    hops: tuple[str, ...] = ()
+    #: the peer this job is (or was) forwarded to, if any
+    executor: str | None = None
+    #: kinds of the waiters that went away without cancelling (see cancel_waiters)
+    left: set[str] = field(default_factory=set)
     state: JobState = JobState.QUEUED
     submitted: float = field(default_factory=time.time)
     started: float | None = None
@@ -101,6 +133,8 @@ class Job:
             "failure": self.failure_kind,
             "waiters": len(self.waiters),
             "stats": self.stats,
+            "submitter": self.submitter or None,
+            "executor": self.executor,
         }
 
 
@@ -116,6 +150,8 @@ class JobService:
         self.history = history
         self.counts: collections.Counter[str] = collections.Counter()
         self._nursery: trio.Nursery | None = None
+        #: set when federation is on: decides where each job runs (see Forwarder)
+        self.forwarder: Forwarder | None = None
         #: jobs holding their inputs in memory (gathered, running, storing) at one time;
         #: the others wait in the queue without them
         self.in_flight = trio.CapacityLimiter(IN_FLIGHT)
@@ -148,16 +184,28 @@ class JobService:
     # ------------------------------------------------------------------ submitting
 
     async def submit(
-        self, transformation: dict[str, Any], tf_dunder: dict[str, Any] | None = None, *, kind: str
+        self,
+        transformation: dict[str, Any],
+        tf_dunder: dict[str, Any] | None = None,
+        *,
+        kind: str,
+        submitter: str = "",
+        hops: tuple[str, ...] = (),
     ) -> tuple[Job, Waiter]:
-        """Start (or join) the job of a transformation dict; TransformationError if invalid."""
+        """Start (or join) the job of a transformation dict; TransformationError if invalid.
+
+        *submitter* and *hops*: for a job a peer forwarded, the node it runs for and the
+        nodes that forwarded it (a job joined keeps those of its first submission)."""
         tf = parse_transformation(transformation, tf_dunder)
         job = self.active.get(tf.checksum)
         if job is None:
             old = self.finished.get(tf.checksum)
             if old is not None and old.state is JobState.DONE:
                 return old, Waiter(kind)
-            job = Job(tf, origin=kind)
+            job = Job(
+                tf, origin=kind, request=dict(transformation), tf_dunder=tf_dunder,
+                submitter=submitter, hops=tuple(hops),
+            )
             self.active[tf.checksum] = job
             self.counts["submitted"] += 1
             if self._nursery is None:
@@ -179,11 +227,21 @@ class JobService:
             if not job.done.is_set() and not job.result_ready.is_set() and not waiter.detached:
                 self.detach(job, waiter, explicit=False)
 
+    async def hold(self, job: Job, waiter: Waiter, timeout: float) -> None:
+        """Until the job's result is stored, it ends, *waiter* is detached, or *timeout*
+        passes; the waiter stays attached (the caller detaches it)."""
+        with trio.move_on_after(timeout):
+            while not (job.result_ready.is_set() or job.done.is_set() or waiter.detached):
+                await waiter.wake.wait()
+                waiter.wake = trio.Event()
+
     def detach(self, job: Job, waiter: Waiter, *, explicit: bool) -> None:
         if waiter not in job.waiters:
             return
         job.waiters.remove(waiter)
         waiter.detached = True
+        if not explicit:
+            job.left.add(waiter.kind)
         waiter.wake.set()
         if job.waiters or job.state.terminal or job.result_ready.is_set():
             return
@@ -204,6 +262,21 @@ class JobService:
         chosen = next((w for w in job.waiters if w.kind == kind), job.waiters[0])
         self.detach(job, chosen, explicit=True)
         return True
+
+    def cancel_waiters(self, checksum: str, kind: str) -> bool:
+        """Detach every waiter of *kind* (a peer cancelling what it forwarded): the job is
+        killed if no other waiter is left, also when the last one, of this kind, had gone
+        away already (its connection closed before the cancel came). True if it acted."""
+        job = self.active.get(checksum)
+        if job is None or job.result_ready.is_set():
+            return False
+        mine = [w for w in job.waiters if w.kind == kind]
+        for waiter in mine:
+            self.detach(job, waiter, explicit=True)
+        if not mine and not job.waiters and kind in job.left:
+            self._cancel(job, "cancelled: no client waits for it any more")
+            return True
+        return bool(mine)
 
     async def _orphan_timer(self, job: Job) -> None:
         await trio.sleep(self.orphan_grace)
@@ -295,12 +368,23 @@ class JobService:
         if not job.state.terminal:  # cancelled from outside the state machine (shutdown)
             self._transition(job, Event.CANCEL, error="cancelled")
 
+    async def _plan(self, job: Job) -> str | None:
+        """The peer to forward *job* to, or None (placement problems never fail a job)."""
+        if self.forwarder is None:
+            return None
+        try:
+            return await self.forwarder.plan(job)
+        except Exception as exc:
+            log.warning("placement of %s failed, running it here: %s", job.checksum, exc)
+            return None
+
     async def _compute(self, job: Job) -> None:
         tf = job.transformation
         known: str | None = None
         spec: JobSpec | None = None
         missing: InputMissing | None = None
-        # the result lookup and the gathering of inputs run side by side
+        peer: str | None = None
+        # the result lookup runs side by side with placement and the gathering of inputs
         async with trio.open_nursery() as nursery:
 
             async def lookup() -> None:
@@ -313,7 +397,10 @@ class JobService:
                     job.checked.set()
 
             async def gather() -> None:
-                nonlocal spec, missing
+                nonlocal spec, missing, peer
+                peer = await self._plan(job)
+                if peer is not None:
+                    return
                 await self.in_flight.acquire_on_behalf_of(job)  # released when the job ends
                 try:
                     spec = await self.gateway.build_spec(tf, self.limits)
@@ -326,6 +413,22 @@ class JobService:
             self._result_ready(job, known)
             self._transition(job, Event.SUCCEED, result=known, cached=True)
             return
+        if peer is not None:
+            assert self.forwarder is not None
+            job.executor = peer
+            remote = await self.forwarder.forward(job, peer, lambda: self._started(job))
+            if not remote.run_here:
+                job.stats = dict(remote.stats)
+                if remote.result is None:
+                    self._transition(job, Event.FAIL, error=remote.error, failure_kind=remote.failure_kind)
+                    return
+                self._result_ready(job, remote.result)
+                self._transition(job, Event.SUCCEED, result=remote.result)
+                return
+            log.warning("job %s runs here after all: %s", job.checksum, remote.error)
+            job.executor = None
+            await self.in_flight.acquire_on_behalf_of(job)
+            spec = await self.gateway.build_spec(tf, self.limits)
         if missing is not None:
             raise missing
         assert spec is not None
@@ -355,6 +458,9 @@ class JobService:
             "cpu_time_system_seconds": outcome.stats.get("cpu_system_seconds"),
             "memory_peak_bytes": outcome.stats.get("memory_peak_bytes"),
         }
+        if job.submitter:  # run for a peer: for whom, and who forwarded it
+            record["submitter"] = job.submitter
+            record["forwarded_by"] = list(job.hops)
         await self.gateway.store(outcome.buffers)
         # the result is safe: /jobserver clients get it now, while it is being recorded
         self._result_ready(job, outcome.result)
