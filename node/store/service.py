@@ -27,6 +27,8 @@ log = logging.getLogger("seamless_node.store")
 
 T = TypeVar("T")
 
+#: pieces of an upload waiting for the writer thread (bounds memory per upload)
+WRITE_QUEUE = 2
 #: Buffers up to this size are read whole, verified, and sent with a definite answer.
 SMALL_READ = 4 * CHUNK
 
@@ -223,37 +225,63 @@ class BufferService:
         encoding: str | None,
         expected_size: int | None,
     ) -> bool:
-        parts: list[bytes] = []
-        size = 0
-        pending: PendingWrite | None = None
+        """Receive and write at once: pieces of about CHUNK bytes are hashed and written in
+        a worker thread while the next ones arrive (at most WRITE_QUEUE pieces wait)."""
+        iterator = chunks.__aiter__()
+        first = await _gather_piece(iterator)
+        if first is None or len(first) < CHUNK:
+            # The whole body fitted in one piece: write it in a single hop.
+            return await self.run_sync(self.store.put, checksum, first or b"", encoding)
+        pending = await self.run_sync(self.store.begin_write, checksum, encoding, expected_size)
+        send, receive = trio.open_memory_channel[bytes](WRITE_QUEUE)
+        failure: list[BaseException] = []
         done = False
         try:
-            async for chunk in chunks:
-                parts.append(chunk)
-                size += len(chunk)
-                if size >= CHUNK:
-                    if pending is None:
-                        pending = await self.run_sync(
-                            self.store.begin_write, checksum, encoding, expected_size
-                        )
-                    piece = b"".join(parts)
-                    parts, size = [], 0
-                    await self.run_sync(pending.feed, piece)
-            rest = b"".join(parts)
-            if pending is None:
-                # The whole body fitted in one piece: write it in a single hop.
-                created = await self.run_sync(self.store.put, checksum, rest, encoding)
-                done = True
-                return created
-            if rest:
-                await self.run_sync(pending.feed, rest)
+            async with trio.open_nursery() as nursery:
+
+                async def write_pieces() -> None:
+                    try:
+                        async for piece in receive:
+                            await self.run_sync(pending.feed, piece)
+                    except Exception as exc:
+                        failure.append(exc)
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(write_pieces)
+                try:
+                    async with send:
+                        piece: bytes | None = first
+                        while piece is not None:
+                            await send.send(piece)
+                            piece = await _gather_piece(iterator)
+                except Exception as exc:
+                    failure.append(exc)
+                    nursery.cancel_scope.cancel()
+            if failure:
+                raise failure[0]
             created = await self.run_sync(self.store.finish_write, pending)
             done = True
             return created
         finally:
-            if pending is not None and not done:
+            if not done:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(pending.abort)
+
+
+async def _gather_piece(iterator: AsyncIterator[bytes]) -> bytes | None:
+    """The next CHUNK bytes or more of a body (less at its end); None once it has ended."""
+    parts: list[bytes] = []
+    size = 0
+    while size < CHUNK:
+        try:
+            chunk = await iterator.__anext__()
+        except StopAsyncIteration:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 __all__ = ["BufferService", "PutOutcome", "SmallBuffer", "StreamedBuffer", "StoreError"]

@@ -23,13 +23,19 @@ import errno
 import logging
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 from ..checksum import new_hasher
 from ..errors import BufferTooLarge, ChecksumMismatch, StoreError, StoreFull
 from .compression import Decompressor
 from .layout import BufferLocation
+from .writeback import WRITEBACK_STEP, start_writeback
 
 log = logging.getLogger("seamless_node.store")
+
+#: pieces at least this large are hashed in a helper thread while they are written
+PARALLEL_HASH_MIN = 256 * 1024
+_HASHERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seamless-node-hash")
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -65,6 +71,7 @@ class PendingWrite:
         self.max_size = max_size
         self.fsync = fsync
         self.length = 0  # bytes written to disk (decompressed)
+        self._flushed = 0  # write-back started up to here (see writeback.py)
         self._hasher = new_hasher()
         self._decompressor = Decompressor(encoding, self._write_piece) if encoding else None
         self.tmp_path = os.path.join(tmp_dir, f"{checksum}.{secrets.token_hex(6)}")
@@ -79,8 +86,23 @@ class PendingWrite:
             raise BufferTooLarge(
                 f"buffer is larger than the node's maximum buffer size ({self.max_size} bytes)"
             )
-        self._hasher.update(piece)
         assert self._fd is not None, "write already finished"
+        if len(piece) >= PARALLEL_HASH_MIN:
+            # hashing and copying into the page cache both release the GIL: overlap them
+            hashed = _HASHERS.submit(self._hasher.update, piece)
+            try:
+                self._write_all(piece)
+            finally:
+                hashed.result()
+        else:
+            self._hasher.update(piece)
+            self._write_all(piece)
+        if self.fsync and self.length - self._flushed >= WRITEBACK_STEP:
+            start_writeback(self._fd, self._flushed, self.length - self._flushed)
+            self._flushed = self.length
+
+    def _write_all(self, piece: bytes) -> None:
+        assert self._fd is not None
         view = memoryview(piece)
         try:
             while view:
