@@ -19,8 +19,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from .app_class import DRAIN_TIMEOUT
-from .body import BodyLimits, decode_json, limited, refuse_oversize
-from .fastpath import ClientGone
+from .fastpath import BodyReader, ClientGone
 from .http1 import CONTINUE, MAX_HEAD_BYTES, RequestHead
 
 #: largest single receive of a request body
@@ -41,17 +40,9 @@ class Connection:
 
     async def receive_more(self, max_bytes: int = 65536) -> bool:
         """Append what the client sends next to the buffer; False when it has closed."""
-        if self.eof:
-            return False
-        try:
-            data = await self.socket.recv(max_bytes)
-        except (ConnectionResetError, BrokenPipeError):
-            data = b""
-        if not data:
-            self.eof = True
-            return False
+        data = await self._recv(max_bytes)
         self.buffer += data
-        return True
+        return bool(data)
 
     async def receive(self, max_bytes: int) -> bytes:
         """Up to *max_bytes*: from the buffer if it holds any, else from the socket;
@@ -60,6 +51,9 @@ class Connection:
             data = bytes(self.buffer[:max_bytes])
             del self.buffer[:max_bytes]
             return data
+        return await self._recv(max_bytes)
+
+    async def _recv(self, max_bytes: int) -> bytes:
         if self.eof:
             return b""
         try:
@@ -116,7 +110,7 @@ class Connection:
             await self.stream.aclose()
 
 
-class FrontRequest:
+class FrontRequest(BodyReader):
     """A request served by the front, with the interface of ``fastpath.Request``."""
 
     def __init__(self, connection: Connection, head: RequestHead, match: re.Match[str]) -> None:
@@ -173,15 +167,6 @@ class FrontRequest:
             if self.remaining == 0:
                 self.body_complete = True
             yield chunk
-
-    def body(self, limits: BodyLimits) -> AsyncIterator[bytes]:
-        """The body in the chunks received, under *limits*."""
-        return limited(self._raw_chunks(), limits)
-
-    async def read_json(self, limits: BodyLimits) -> Any:
-        refuse_oversize(self.content_length, limits.max_bytes)
-        parts = [chunk async for chunk in self.body(limits)]
-        return decode_json(b"".join(parts))
 
     async def drain(self) -> None:
         """Discard the rest of the body until it ends, the client goes, or DRAIN_TIMEOUT

@@ -41,8 +41,28 @@ class ClientGone(NodeError):
     http_status = 400
 
 
-class Request:
-    """What a fast handler needs of an HTTP request."""
+class BodyReader:
+    """Body reading shared by both request views: ``_raw_chunks`` and ``content_length``
+    come from the subclass."""
+
+    content_length: int | None
+
+    def _raw_chunks(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    def body(self, limits: BodyLimits) -> AsyncIterator[bytes]:
+        """The body in the chunks received, under *limits*."""
+        return limited(self._raw_chunks(), limits)
+
+    async def read_json(self, limits: BodyLimits) -> Any:
+        """The whole body decoded as JSON (400 with a clear message if it is not)."""
+        refuse_oversize(self.content_length, limits.max_bytes)
+        parts = [chunk async for chunk in self.body(limits)]
+        return decode_json(b"".join(parts))
+
+
+class Request(BodyReader):
+    """What a fast handler needs of an HTTP request (inside hypercorn)."""
 
     def __init__(self, scope: Scope, receive: Receive, match: re.Match[str]) -> None:
         self.scope = scope
@@ -84,16 +104,6 @@ class Request:
             chunk = message.get("body", b"")
             if chunk:
                 yield chunk
-
-    def body(self, limits: BodyLimits) -> AsyncIterator[bytes]:
-        """The body in the chunks received, under *limits*."""
-        return limited(self._raw_chunks(), limits)
-
-    async def read_json(self, limits: BodyLimits) -> Any:
-        """The whole body decoded as JSON (400 with a clear message if it is not)."""
-        refuse_oversize(self.content_length, limits.max_bytes)
-        parts = [chunk async for chunk in self.body(limits)]
-        return decode_json(b"".join(parts))
 
     async def wait_disconnect(self) -> None:
         """Return when the client goes away (the body must have been read)."""
