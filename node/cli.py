@@ -128,7 +128,7 @@ def run(
                     break
 
     try:
-        trio.run(main_task, strict_exception_groups=False)
+        trio.run(main_task)
     except BaseException as exc:
         leaf = _first_leaf(exc)
         if isinstance(leaf, NodeError):
