@@ -28,7 +28,9 @@ from .roles import NodeContext, Role, role_classes
 from .store.buffers import BufferStore
 from .store.service import BufferService
 from .web.app_class import NodeApp, needs_close
-from .web.fastpath import FastPath
+from .web.fastpath import FastPath, route
+from .web.fastpath import Request as FastRequest
+from .web.fastpath import Response as FastResponse
 from .web.front import Front
 
 log = logging.getLogger("seamless_node")
@@ -82,8 +84,13 @@ def build_node(config: NodeConfig) -> Node:
         for blueprint in federation_blueprints(context.federation):
             app.register_blueprint(blueprint)
     _install_common_routes(app, node_roles=roles, metrics=metrics, started=time.time())
-    fast = [r for role in roles for r in role.fast_routes()]
+    fast = [route("GET", "/healthcheck", _healthcheck)]  # load balancers poll it often
+    fast += [r for role in roles for r in role.fast_routes()]
     return Node(config, app, context, roles, FastPath(app, fast, metrics))
+
+
+async def _healthcheck(request: FastRequest) -> FastResponse:
+    return FastResponse(200, b"OK")
 
 
 def _install_common_routes(app: NodeApp, *, node_roles: list[Role], metrics: Metrics, started: float) -> None:

@@ -52,7 +52,7 @@ async def test_fast_and_quart_requests_share_one_connection(node):
     raw = (
         f"PUT /buffers/{cs} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
         + f"GET /buffers/{cs} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-        + b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n"
+        + b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
         + f"GET /buffers/{cs} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     )
     await stream.send_all(raw)
@@ -60,6 +60,7 @@ async def test_fast_and_quart_requests_share_one_connection(node):
     answers = [await reader.response() for _ in range(4)]
     assert [a[0] for a in answers] == [200, 200, 200, 200]
     assert answers[1][2] == data and answers[3][2] == data
+    assert b'seamless_node_http_requests_total{area="buffers",status="200"} 2' in answers[2][2]
     assert answers[1][1][b"content-length"] == str(len(data)).encode()
     await stream.aclose()
 
@@ -127,3 +128,10 @@ async def test_large_buffers_go_out_whole_and_a_client_may_leave_midway(node, ht
     await stream.aclose()  # gone after the first bytes
     r = await http.get(f"{node.buffers_url}/{cs}")
     assert r.status_code == 200 and r.content == data
+
+
+async def test_healthcheck_on_both_paths(node, http):
+    r = await http.get(node.url + "/healthcheck")
+    assert (r.status_code, r.text) == (200, "OK")
+    r = await http.head(node.url + "/healthcheck")  # HEAD is Quart's (through hypercorn)
+    assert r.status_code == 200
