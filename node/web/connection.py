@@ -24,6 +24,9 @@ from .http1 import CONTINUE, MAX_HEAD_BYTES, RequestHead
 
 #: largest single receive of a request body
 RECEIVE_BYTES = 256 * 1024
+#: a body at least this large is received by worker threads, BULK_PIECE bytes per hop
+BULK_BODY = 4 << 20
+BULK_PIECE = 1 << 20
 #: a client that accepts no byte of an answer for this long is dropped
 SEND_STALL_TIMEOUT = 120.0
 #: a worker thread sends a file for at most this long before reporting back to the loop
@@ -52,6 +55,26 @@ class Connection:
             del self.buffer[:max_bytes]
             return data
         return await self._recv(max_bytes)
+
+    async def receive_piece(self, size: int) -> bytes | bytearray:
+        """Up to *size* bytes from the socket, received in a worker thread straight into one
+        new buffer for up to SENDFILE_SLICE seconds (b"" once the client has closed). For
+        large bodies: no copy or wake-up per 64 KiB on the event loop."""
+        if self.eof:
+            return b""
+        sockfd = self.socket.fileno()
+        timeout = struct.pack("ll", 0, int(SENDFILE_SLICE * 1e6))
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
+        piece = bytearray(size)
+        got = 0
+        while got == 0:  # a slice that brought nothing: try again (the caller's limits
+            # cancel this between slices); one that brought less than asked: return it,
+            # so a slow client's rate is checked as it goes
+            got = await trio.to_thread.run_sync(_receive_slice, sockfd, piece, 0)
+        if got < 0:
+            self.eof = True
+            return b""
+        return piece if got == size else piece[:got]
 
     async def _recv(self, max_bytes: int) -> bytes:
         if self.eof:
@@ -159,8 +182,12 @@ class FrontRequest(BodyReader):
         if self._continue_due and not self.connection.buffer:
             self._continue_due = False
             await self.connection.send(CONTINUE)
+        bulk = self.remaining >= BULK_BODY
         while self.remaining > 0:
-            chunk = await self.connection.receive(min(self.remaining, RECEIVE_BYTES))
+            if bulk and not self.connection.buffer:
+                chunk = await self.connection.receive_piece(min(self.remaining, BULK_PIECE))
+            else:
+                chunk = await self.connection.receive(min(self.remaining, RECEIVE_BYTES))
             if not chunk:
                 raise ClientGone("the client disconnected during the upload")
             self.remaining -= len(chunk)
@@ -204,3 +231,26 @@ def _sendfile_slice(sockfd: int, fd: int, offset: int, count: int) -> int:
             raise OSError(f"file ended {count - sent} bytes early")
         sent += n
     return sent
+
+
+def _receive_slice(sockfd: int, piece: bytearray, start: int) -> int:
+    """Fill *piece* from *start* for up to SENDFILE_SLICE seconds, the socket blocking
+    meanwhile; the bytes received, or -1 at the client's end of stream (or reset)."""
+    deadline = time.monotonic() + SENDFILE_SLICE
+    got = 0
+    os.set_blocking(sockfd, True)
+    try:
+        with memoryview(piece) as view:
+            while start + got < len(piece) and time.monotonic() < deadline:
+                try:
+                    n = os.readv(sockfd, [view[start + got :]])
+                except (BlockingIOError, InterruptedError):
+                    break  # the receive timeout passed: nothing more for now
+                except (ConnectionResetError, BrokenPipeError):
+                    return got or -1
+                if n == 0:
+                    return got or -1
+                got += n
+    finally:
+        os.set_blocking(sockfd, False)
+    return got

@@ -135,3 +135,40 @@ async def test_healthcheck_on_both_paths(node, http):
     assert (r.status_code, r.text) == (200, "OK")
     r = await http.head(node.url + "/healthcheck")  # HEAD is Quart's (through hypercorn)
     assert r.status_code == 200
+
+
+async def slow_bulk_upload(node, *, bytes_per_step: int, steps: int) -> tuple[bytes, float]:
+    """Declare an 8 MiB body (received by worker threads), then trickle it."""
+    stream = await connect(node.url)
+    cs = "ab" * 32
+    await stream.send_all(f"PUT /buffers/{cs} HTTP/1.1\r\nHost: x\r\nContent-Length: {8 * MiB}\r\n\r\n".encode())
+    started = trio.current_time()
+    received = b""
+    with trio.move_on_after(15):
+        async with trio.open_nursery() as nursery:
+
+            async def drip() -> None:
+                try:
+                    for _ in range(steps):
+                        await stream.send_all(b"x" * bytes_per_step)
+                        await trio.sleep(0.25)
+                except trio.BrokenResourceError:
+                    pass
+
+            nursery.start_soon(drip)
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+            nursery.cancel_scope.cancel()
+    return received, trio.current_time() - started
+
+
+async def test_slow_large_uploads_are_cut(start_node):
+    node = await start_node(buffers={"upload_idle_timeout": 1, "upload_grace": 1, "upload_min_rate": 10_000})
+    # a steady trickle far below the minimum rate
+    received, elapsed = await slow_bulk_upload(node, bytes_per_step=100, steps=100)
+    assert received.startswith(b"HTTP/1.1 408") and elapsed < 6, (received[:100], elapsed)
+    # a stall after a few bytes
+    received, elapsed = await slow_bulk_upload(node, bytes_per_step=10, steps=1)
+    assert received.startswith(b"HTTP/1.1 408") and elapsed < 5, (received[:100], elapsed)
+    assert not (node.buffer_dir / "ab" / ("ab" * 32)).exists()
+    assert list((node.buffer_dir / ".tmp").iterdir()) == []
