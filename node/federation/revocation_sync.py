@@ -152,32 +152,9 @@ class RevocationSync:
     # -- persistence -------------------------------------------------------------------
 
     def load(self) -> None:
-        """The lists accepted before a restart (blocking). Each must still be the peer's,
-        signed by its key; the watcher's registry consults them from now on."""
-        try:
-            names = sorted(os.listdir(self.directory))
-        except FileNotFoundError:
-            return
-        for name in names:
-            peer = name[: -len(".json")]
-            if not name.endswith(".json") or not is_node_id(peer):
-                continue
-            try:
-                with open(self.path(peer), encoding="utf-8") as f:
-                    saved = json.load(f)
-                signed = parse_revocation_list(saved["document"])
-                fetched_at = int(saved["fetched_at"])
-                keyset = self.watcher.registry.keyset(peer)
-                if signed.issuer != peer or not verify_signature(
-                    signed.key, signed.signature, signed.body.message()
-                ):
-                    raise ValueError("not signed by that peer")
-                if keyset is not None and keyset.find(signed.key) is None:
-                    raise ValueError("signed by a key that is not the peer's")
-            except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
-                log.warning("ignoring the stored revocation list of %s: %s", peer[:12], exc)
-                continue
-            self._adopt(peer, Held(signed, fetched_at))
+        """The lists accepted before a restart (blocking); in force from now on."""
+        for peer, held in load_held(self.directory, self.watcher.registry).items():
+            self._adopt(peer, held)
 
     def _save(self, peer: str, held: Held) -> None:
         doc = {"document": held.signed.to_document(), "fetched_at": held.fetched_at}
@@ -276,14 +253,49 @@ class RevocationSync:
     # -- reporting ---------------------------------------------------------------------
 
     def report(self, peer: str) -> dict[str, Any]:
-        held = self.held.get(peer)
-        body = held.signed.body if held is not None else None
-        return {
-            "version": body.list_version if body else None,
-            "issued_at": body.issued_at if body else None,
-            "fetched_at": held.fetched_at if held else None,
-            "revoked_serials": sorted(body.serials) if body else [],
-            "revoked_keys": len(body.keys) if body else 0,
-            "revoked_grants": self.watcher.registry.revoked_by_peer(peer),
-            "error": self.errors.get(peer, ""),
-        }
+        return describe(self.held.get(peer), self.watcher.registry, peer, self.errors.get(peer, ""))
+
+
+def load_held(directory: str, registry: Any) -> dict[str, Held]:
+    """The peers' lists stored in *directory* (blocking). Each must still be that peer's,
+    signed by its key (one of its key set, when that is known); others are skipped."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return {}
+    out: dict[str, Held] = {}
+    for name in names:
+        peer = name[: -len(".json")]
+        if not name.endswith(".json") or not is_node_id(peer):
+            continue
+        try:
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                saved = json.load(f)
+            signed = parse_revocation_list(saved["document"])
+            fetched_at = int(saved["fetched_at"])
+            if signed.issuer != peer or not verify_signature(
+                signed.key, signed.signature, signed.body.message()
+            ):
+                raise ValueError("not signed by that peer")
+            keyset = registry.keyset(peer)
+            if keyset is not None and keyset.find(signed.key) is None:
+                raise ValueError("signed by a key that is not the peer's")
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            log.warning("ignoring the stored revocation list of %s: %s", peer[:12], exc)
+            continue
+        out[peer] = Held(signed, fetched_at)
+    return out
+
+
+def describe(held: Held | None, registry: Any, peer: str, error: str = "") -> dict[str, Any]:
+    """A peer's list for /api/v1/peers and `seamless-node peers`."""
+    body = held.signed.body if held is not None else None
+    return {
+        "version": body.list_version if body else None,
+        "issued_at": body.issued_at if body else None,
+        "fetched_at": held.fetched_at if held else None,
+        "revoked_serials": sorted(body.serials) if body else [],
+        "revoked_keys": len(body.keys) if body else 0,
+        "revoked_grants": registry.revoked_by_peer(peer),
+        "error": error,
+    }
