@@ -18,6 +18,7 @@ change of content (see ``next_version``).
 signed by the peer itself (a key of its key set, valid now and not revoked, neither by us
 nor by the list we hold), not be from the future, and carry a higher version than the list
 held (an older one is a rollback; the same version with other content, an equivocation).
+A held list signed with a key revoked here does not count for that (``standing``).
 """
 
 from __future__ import annotations
@@ -179,6 +180,14 @@ def check_signature(signed: SignedRevocationList, issuer_keys: KeySet | None) ->
     if not verify_signature(signed.key, signed.signature, signed.body.message()):
         return Judgement.BAD_SIGNATURE
     return None
+
+
+def standing(held: SignedRevocationList | None, revoked_keys: Collection[bytes]) -> RevocationList | None:
+    """The list held, for version comparisons: none if it was signed with a key revoked here
+    (a leaked key's list must not block the peer's genuine lists by a made-up version)."""
+    if held is None or held.key in revoked_keys:
+        return None
+    return held.body
 
 
 def judge(

@@ -39,6 +39,7 @@ from .revocation_list import (
     own_content,
     parse_revocation_list,
     sign_revocation_list,
+    standing,
 )
 
 log = logging.getLogger("seamless_node.federation")
@@ -220,7 +221,7 @@ class RevocationSync:
             signed,
             peer=peer,
             peer_keys=registry.keyset(peer),
-            held=current.signed.body if current is not None else None,
+            held=standing(current.signed if current else None, registry.revocations.keys),
             revoked_keys=registry.revocations.keys,
             now=self.clock(),
             max_skew=self.max_skew,

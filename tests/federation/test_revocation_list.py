@@ -19,6 +19,7 @@ from node.federation.revocation_list import (
     own_content,
     parse_revocation_list,
     sign_revocation_list,
+    standing,
 )
 
 from .support import T0, make_link
@@ -103,6 +104,19 @@ def test_versions_only_go_forward(ids):
     assert judge_b(signed_list(b, 9, serials=[]), ids, held) is Judgement.ROLLBACK
     assert judge_b(signed_list(b, 10, serials=[2, 1], issued_at=T0 + 5), ids, held) is Judgement.UNCHANGED
     assert judge_b(signed_list(b, 10, serials=[1]), ids, held) is Judgement.CONFLICT
+
+
+def test_a_held_list_signed_with_a_key_revoked_here_does_not_block_the_next(ids):
+    b = ids["b"]
+    rotated = b.rotate(T0 - 10, overlap=3600)
+    leaked = signed_list(b, 10**12)  # made-up version, signed with B's (leaked) first key
+    assert standing(leaked, revoked_keys=[]) == leaked.body
+    genuine = signed_list(rotated, 5, keys=[b.public_key])
+    held = standing(leaked, revoked_keys=[])
+    assert judge_b(genuine, ids, held, keys=rotated.keyset) is Judgement.ROLLBACK
+    held = standing(leaked, revoked_keys=[b.public_key])  # we revoked B's leaked key
+    assert held is None
+    assert judge_b(genuine, ids, held, keys=rotated.keyset, revoked=[b.public_key]) is Judgement.ACCEPTED
 
 
 def test_keys_revoked_expired_and_times(ids):
