@@ -27,13 +27,14 @@ from typing import Any, Callable
 import trio
 
 from ..metrics import Metrics
-from .identity import is_node_id, verify_signature
+from .identity import IdentityError, KeySet, is_node_id
 from .peers import PeerClient, PeerError
 from .revocation_list import (
     Judgement,
     RevocationList,
     RevocationListError,
     SignedRevocationList,
+    check_signature,
     judge,
     next_version,
     own_content,
@@ -154,11 +155,14 @@ class RevocationSync:
 
     def load(self) -> None:
         """The lists accepted before a restart (blocking); in force from now on."""
-        for peer, held in load_held(self.directory, self.watcher.registry).items():
+        for peer, held in load_held(self.directory, self.watcher).items():
             self._adopt(peer, held)
 
     def _save(self, peer: str, held: Held) -> None:
         doc = {"document": held.signed.to_document(), "fetched_at": held.fetched_at}
+        keyset = self.watcher.registry.keyset(peer)
+        if keyset is not None:  # to check the list after a restart, also if the peer rotated
+            doc["keyset"] = keyset.to_document()
         try:
             write_json_atomically(self.path(peer), doc)
         except OSError as exc:
@@ -175,8 +179,13 @@ class RevocationSync:
         registry = self.watcher.registry
         return [p for p in registry.peers if registry.links_between(p, registry.self_id)]
 
+    def _label(self, peer: str) -> str:
+        entry = self.watcher.registry.peers.get(peer)
+        return entry.label if entry is not None else peer[:12]
+
     def _count(self, peer: str, outcome: str) -> None:
-        self.metrics.inc(FETCHES, peer=self.watcher.registry.peers[peer].label, outcome=outcome)
+        if peer in self.watcher.registry.peers:  # metrics only for configured peers
+            self.metrics.inc(FETCHES, peer=self._label(peer), outcome=outcome)
 
     async def fetch(self, peer: str) -> Judgement | None:
         """Fetch, check and (if accepted) adopt *peer*'s list; None when it failed."""
@@ -191,7 +200,7 @@ class RevocationSync:
             except (PeerError, RevocationListError) as exc:
                 self.errors[peer] = str(exc)
                 self._count(peer, "error" if isinstance(exc, PeerError) else "malformed")
-                log.info("revocation list of %s: %s", self.watcher.registry.peers[peer].label, exc)
+                log.info("revocation list of %s: %s", self._label(peer), exc)
                 return None
             verdict = self._judge(peer, signed)
             if verdict is Judgement.UNKNOWN_KEY:  # perhaps it rotated: learn its keys, once
@@ -201,7 +210,7 @@ class RevocationSync:
                     log.info("could not fetch the keys of %s: %s", peer[:12], exc)
                 verdict = self._judge(peer, signed)
             self._count(peer, verdict.value)
-            label = self.watcher.registry.peers[peer].label
+            label = self._label(peer)
             if not verdict.ok:
                 self.errors[peer] = f"list refused: {verdict.value}"
                 log.warning("revocation list of %s refused: %s", label, verdict.value)
@@ -257,9 +266,10 @@ class RevocationSync:
         return describe(self.held.get(peer), self.watcher.registry, peer, self.errors.get(peer, ""))
 
 
-def load_held(directory: str, registry: Any) -> dict[str, Held]:
+def load_held(directory: str, watcher: Any) -> dict[str, Held]:
     """The peers' lists stored in *directory* (blocking). Each must still be that peer's,
-    signed by its key (one of its key set, when that is known); others are skipped."""
+    signed by a key of its key set (the stored key set is learned first if it extends the
+    one known: the list may be signed with a key the peer rotated to); others are skipped."""
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
@@ -274,14 +284,11 @@ def load_held(directory: str, registry: Any) -> dict[str, Held]:
                 saved = json.load(f)
             signed = parse_revocation_list(saved["document"])
             fetched_at = int(saved["fetched_at"])
-            if signed.issuer != peer or not verify_signature(
-                signed.key, signed.signature, signed.body.message()
-            ):
-                raise ValueError("not signed by that peer")
-            keyset = registry.keyset(peer)
-            if keyset is not None and keyset.find(signed.key) is None:
-                raise ValueError("signed by a key that is not the peer's")
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            if saved.get("keyset") is not None:
+                watcher.learn(KeySet.from_document(saved["keyset"], node_id=peer))
+            if signed.issuer != peer or check_signature(signed, watcher.registry.keyset(peer)):
+                raise ValueError("not signed by a key of that peer")
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, IdentityError) as exc:
             log.warning("ignoring the stored revocation list of %s: %s", peer[:12], exc)
             continue
         out[peer] = Held(signed, fetched_at)

@@ -52,7 +52,7 @@ def collect(config: NodeConfig, *, probe: bool = True) -> dict[str, Any]:
         watcher = RegistryWatcher(config)
         registry = watcher.registry
         saved = _saved_state(config)
-        held = load_held(os.path.join(config.federation_directory, "peer-revocations"), registry)
+        held = load_held(os.path.join(config.federation_directory, "peer-revocations"), watcher)
         watcher.peer_lists.update({peer: h.signed.body for peer, h in held.items()})
         rows: dict[str, dict[str, Any]] = {}
         for peer, entry in registry.peers.items():

@@ -254,6 +254,13 @@ async def test_a_key_the_peer_revoked_takes_its_claims_out_of_use(
     assert await a.context.lookup_result(tf) is None
     assert b_saw(b, a) == before
     assert a.federation.claims.count() == 1  # kept, but out of use
+    # after a restart (B away), the stored list, signed with B's new key, still counts
+    b.stop()
+    a.stop()
+    await trio.sleep(0.3)
+    a = await cluster.start(a)
+    assert a.federation.revocations.held[b.node_id].signed.body.keys == {old.public_key}
+    assert await a.context.lookup_result(tf) is None
 
 
 async def test_the_endpoint_refuses_unsigned_and_unknown_requesters(
