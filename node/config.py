@@ -241,6 +241,8 @@ class FederationSection:
     bad_peer_cooldown: Seconds = Seconds(300.0)
     #: peers are pinged this often (reachable?, last seen)
     probe_interval: Seconds = Seconds(30.0)
+    #: peers' signed revocation lists are fetched this often (and at once when a peer answers 403)
+    revocations_interval: Seconds = Seconds(300.0)
     #: signed requests more than this far from our clock are refused
     max_clock_skew: Seconds = Seconds(60.0)
     #: transformations unknown here are looked up at peers granting results:read
@@ -472,6 +474,8 @@ def _validate_federation(cfg: FederationSection) -> None:
         raise ConfigError("federation.max_clock_skew must be between 1 and 600 seconds")
     if not 0 <= cfg.max_hops <= 16:
         raise ConfigError("federation.max_hops must be between 0 and 16")
+    if cfg.revocations_interval < 1:
+        raise ConfigError("federation.revocations_interval must be at least 1 second")
     if not 1 <= cfg.forward_poll <= 600:
         raise ConfigError("federation.forward_poll must be between 1 and 600 seconds")
     seen: set[str] = set()

@@ -44,6 +44,7 @@ def test_precedence_flags_over_env_over_yaml(tmp_path):
         ("node: 5\n", "must be a mapping"),
         ("node:\n  roles: [buffers, bogus]\n", "unknown role(s) bogus; valid roles: buffers, database"),
         ("!!python/object/apply:os.system ['true']\n", "not valid YAML"),
+        ("federation:\n  revocations_interval: 0s\n", "revocations_interval must be at least 1"),
     ],
 )
 def test_bad_yaml_gives_one_clear_error(tmp_path, text, message):

@@ -1,11 +1,11 @@
 """Byte-exact encodings shared by every signed federation document.
 
 A signature is only as good as the agreement on what was signed. Signed documents (key
-rotations, peer links, result claims) are signed over their *canonical JSON*: keys sorted,
-no whitespace, ASCII only, and only strings, integers, booleans, null, lists and objects
-(no floats: their text form is not unique). Every signature also covers a fixed context
-string (``DOMAIN_*``), so a signature made for one kind of document can never be replayed
-as another kind.
+rotations, peer links, result claims, revocation lists) are signed over their *canonical
+JSON*: keys sorted, no whitespace, ASCII only, and only strings, integers, booleans, null,
+lists and objects (no floats: their text form is not unique). Every signature also
+covers a fixed context string (``DOMAIN_*``), so a signature made for one kind of document
+can never be replayed as another kind.
 
 Binary values (public keys, signatures) travel as unpadded URL-safe base64.
 """
@@ -23,6 +23,7 @@ DOMAIN_ROTATION = b"seamless-node key rotation v1\n"
 DOMAIN_LINK = b"seamless-node peer link v1\n"
 DOMAIN_CLAIM = b"seamless-node result claim v1\n"
 DOMAIN_REQUEST = b"seamless-node request v1\n"
+DOMAIN_REVOCATIONS = b"seamless-node revocation list v1\n"
 
 _B64_RE = re.compile(r"[A-Za-z0-9_-]*", re.ASCII)
 

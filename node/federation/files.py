@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from .identity import IdentityError, KeySet, NodeIdentity, load_identity
 from .links import LinkError, Revocations, SignedLink, parse_link_text, parse_revocations
 from .registry import PeerEntry, PeerRegistry
+from .revocation_list import RevocationList
 
 log = logging.getLogger("seamless_node.federation")
 
@@ -102,8 +103,14 @@ class Loaded:
     problems: list[str] = field(default_factory=list)
 
 
-def load_all(config: NodeConfig, learned: dict[str, KeySet] | None = None) -> Loaded:
-    """Load the key, peers, links and revocations (blocking; ConfigError/IdentityError)."""
+def load_all(
+    config: NodeConfig,
+    learned: dict[str, KeySet] | None = None,
+    peer_lists: dict[str, RevocationList] | None = None,
+) -> Loaded:
+    """Load the key, peers, links and revocations (blocking; ConfigError/IdentityError).
+
+    *peer_lists* (the revocation lists fetched from peers) is shared with the registry."""
     identity = load_identity(config.key_file)
     peers = all_peers(config)
     revocations = load_revocations(config.revocations_file, identity.node_id)
@@ -122,7 +129,7 @@ def load_all(config: NodeConfig, learned: dict[str, KeySet] | None = None) -> Lo
         )
         for p in peers
     }
-    registry = PeerRegistry(identity.keyset, entries, links, revocations, learned)
+    registry = PeerRegistry(identity.keyset, entries, links, revocations, learned, peer_lists)
     for signed in registry.ignored:
         problems.append(
             f"link serial {signed.link.serial} from {signed.link.issuer} to {signed.link.subject} "
@@ -149,7 +156,9 @@ class RegistryWatcher:
         self.config = config
         self.interval = interval
         self.learned: dict[str, KeySet] = {}
-        self.state = load_all(config)
+        #: revocation lists published by peers (revocation_sync.py keeps it up to date)
+        self.peer_lists: dict[str, RevocationList] = {}
+        self.state = load_all(config, None, self.peer_lists)
         for problem in self.state.problems:
             log.warning("federation: %s", problem)
         self._stamp = _fingerprint(self._paths())
@@ -183,7 +192,7 @@ class RegistryWatcher:
             return False
         try:
             learned = {**self.learned, **self.state.registry.keysets}
-            state = load_all(self.config, learned)
+            state = load_all(self.config, learned, self.peer_lists)
         except (ConfigError, IdentityError) as exc:
             self.reload_error = str(exc)
             log.error("federation: reload failed, previous settings stay in force: %s", exc)

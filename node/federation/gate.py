@@ -3,9 +3,10 @@
 Order of checks (each failure ends the request; no work, no process, nothing stored):
 
 1. **401** the signature headers (signing.verify_request: known peer, key of that peer
-   valid now and not revoked, destination is this node, body hash, signature, timestamp
-   within ``max_clock_skew``). When a configured peer presents a key we do not know yet
-   (first contact, or it rotated), its key set is taken from the ``X-Seamless-Key-Set``
+   valid now and not revoked (by us, or on the peer's own published revocation list),
+   destination is this node, body hash, signature, timestamp within ``max_clock_skew``).
+   When a configured peer presents a key we do not know yet (first contact, or it
+   rotated), its key set is taken from the ``X-Seamless-Key-Set``
    header the peer sends on a retry (peers.PeerClient does), else fetched from its
    ``/federation/keys`` (rate-limited); either is self-certifying and must extend the key
    set already known. Then the request is checked again.
@@ -118,7 +119,7 @@ class Gate:
             body_sha256=body_sha256,
             self_id=registry.self_id,
             keysets=registry.keysets,
-            revoked_keys=registry.revocations.keys,
+            revoked_keys=registry.all_revoked_keys(),
             now=self.clock(),
             max_skew=self.max_skew,
         )

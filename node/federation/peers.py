@@ -77,6 +77,9 @@ class PeerClient:
         self.watcher = watcher
         self.clock = clock
         self.timeout = timeout
+        #: called with (peer, status, reason) for every refusal a peer answers (the service
+        #: fetches the peer's revocation list when it answers 403)
+        self.on_refused: Callable[[str, int, str], None] | None = None
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
@@ -88,6 +91,14 @@ class PeerClient:
 
     def urls(self, peer: str) -> tuple[str, ...]:
         return self.watcher.registry.endpoints(peer, self.clock())
+
+    def _refused(self, peer: str, status: int, reason: str, text: str) -> PeerRefused:
+        if self.on_refused is not None:
+            try:
+                self.on_refused(peer, status, reason)
+            except Exception as exc:  # a hook never changes what the caller sees
+                log.warning("refusal hook failed: %s", exc)
+        return PeerRefused(peer, status, reason, text)
 
     def keyset_header(self) -> str:
         return b64encode(canonical_json(self.watcher.identity.keyset.to_document()))
@@ -136,7 +147,7 @@ class PeerClient:
             try:
                 if response.status_code >= 300:
                     text = (await response.aread())[:1000].decode("utf-8", "replace")
-                    raise PeerRefused(
+                    raise self._refused(
                         peer, response.status_code, response.headers.get(REFUSAL_HEADER, ""), text
                     )
                 yield response
@@ -231,7 +242,7 @@ class PeerClient:
                                     text += chunk
                                     if len(text) > 1000:
                                         break
-                            raise PeerRefused(peer, status, refusal, text[:1000].decode("utf-8", "replace"))
+                            raise self._refused(peer, status, refusal, text[:1000].decode("utf-8", "replace"))
                         yielded = True
                         yield answer, body
                         return
@@ -283,3 +294,7 @@ class PeerClient:
 
     async def push_claims(self, peer: str, claims: list[dict[str, Any]]) -> Any:
         return await self.call(peer, "POST", "/federation/results/claims", claims)
+
+    async def revocations(self, peer: str) -> Any:
+        """The peer's signed revocation list document (unverified: see revocation_sync)."""
+        return await self.call(peer, "GET", "/federation/revocations")

@@ -8,6 +8,11 @@ Two directions, two rules (security.md rule 8):
   ``outgoing(peer, capability, now)`` and ``granting_us(capability, now)`` answer from
   those. The peer checks its own grants anyway; this side uses them to decide whom to ask.
 
+A peer's published revocation list (revocation_list.py, fetched by revocation_sync.py)
+counts for the links *that peer* issued: a serial on its list, or a link signed with a key
+on its list, grants nothing from the moment the list is held (``peer_lists`` is shared with
+the watcher, so a newly fetched list takes effect at once). It counts for nothing else.
+
 Several valid links may grant the same capability: each is an independent grant (to take
 one back, revoke its serial); the one with the highest serial sets the limits.
 
@@ -20,10 +25,11 @@ refused whatever links exist.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, MutableMapping
 
 from .identity import KeySet
 from .links import LinkStatus, LinkVerdict, Revocations, SignedLink, verify_link
+from .revocation_list import RevocationList
 
 
 @dataclass(frozen=True)
@@ -68,10 +74,13 @@ class PeerRegistry:
         links: Iterable[SignedLink],
         revocations: Revocations | None = None,
         keysets: Mapping[str, KeySet] | None = None,
+        peer_lists: MutableMapping[str, RevocationList] | None = None,
     ) -> None:
         self.own = own
         self.peers = dict(peers)
         self.revocations = revocations or Revocations()
+        #: the revocation list each peer published, as last fetched (shared, not copied)
+        self.peer_lists: MutableMapping[str, RevocationList] = {} if peer_lists is None else peer_lists
         self._keysets: dict[str, KeySet] = {}
         for keyset in (keysets or {}).values():
             self.learn_keyset(keyset)
@@ -114,10 +123,49 @@ class PeerRegistry:
             return self.own
         return self._keysets.get(node_id)
 
+    # -- revocations -----------------------------------------------------------------
+
+    def revocations_for(self, issuer: str) -> Revocations:
+        """What counts as revoked for documents *issuer* signed: our own revocations, plus,
+        for a peer, the serials and keys on the list it published."""
+        published = self.peer_lists.get(issuer) if issuer != self.self_id else None
+        if published is None or published.issuer != issuer:
+            return self.revocations
+        return Revocations(
+            self.revocations.links | {(issuer, serial) for serial in published.serials},
+            self.revocations.keys | published.keys,
+        )
+
+    def revoked_keys_of(self, signer: str) -> frozenset[bytes]:
+        """Keys not to accept in *signer*'s name (claims, requests)."""
+        return self.revocations_for(signer).keys
+
+    def all_revoked_keys(self) -> frozenset[bytes]:
+        """Our revoked keys plus each peer's revoked keys *of its own key set* (for checking
+        requests, where one set serves every origin: a peer cannot revoke another's key)."""
+        keys = set(self.revocations.keys)
+        for peer, published in self.peer_lists.items():
+            keyset = self._keysets.get(peer)
+            if keyset is not None and published.issuer == peer:
+                keys.update(k for k in published.keys if keyset.find(k) is not None)
+        return frozenset(keys)
+
+    def revoked_by_peer(self, peer: str) -> list[int]:
+        """Serials of links *peer* issued to us that its published list revokes."""
+        published = self.peer_lists.get(peer)
+        if published is None:
+            return []
+        return sorted(
+            s.link.serial
+            for s in self.links_between(peer, self.self_id)
+            if s.link.serial in published.serials or s.key in published.keys
+        )
+
     # -- links -----------------------------------------------------------------------
 
     def verdict(self, signed: SignedLink, now: int) -> LinkVerdict:
-        return verify_link(signed, self.keyset(signed.link.issuer), self.revocations, now)
+        issuer = signed.link.issuer
+        return verify_link(signed, self.keyset(issuer), self.revocations_for(issuer), now)
 
     def links_between(self, issuer: str, subject: str) -> list[SignedLink]:
         return [s for s in self.links if s.link.issuer == issuer and s.link.subject == subject]

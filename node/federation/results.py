@@ -4,7 +4,8 @@ Asking (``ResultLookup.lookup``), for a transformation checksum:
 
 1. the node's own result database (when the database role runs);
 2. stored claims whose signer holds ``results:write`` trust here *now* (a link this node
-   signed) and whose key is not revoked;
+   signed) and whose key is not revoked (by us, or on the signer's published revocation
+   list: security.md rule 6);
 3. every peer that grants this node ``results:read`` (a link the peer signed), asked
    concurrently. Each answer must be a claim signed by that very peer, about that very
    transformation, with a key of the peer valid at the claim's time. A peer trusted with
@@ -86,7 +87,7 @@ class ResultLookup:
             claim,
             signer_keys=registry.keyset(claim.signer),
             now=self.clock(),
-            revoked_keys=registry.revocations.keys,
+            revoked_keys=registry.revoked_keys_of(claim.signer),
             max_skew=self.max_skew,
             **expected,
         )

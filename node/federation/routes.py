@@ -9,6 +9,7 @@ route                                       capability       answer
 ==========================================  ===============  ==========================
 GET  /federation/keys                       (none, public)   this node's key set
 GET  /federation/ping                       (any peer)       {"node_id", "time"}
+GET  /federation/revocations                (any peer)       this node's signed revocation list
 POST /federation/buffers/has                buffers:read     [length or null, ...]
 GET  /federation/buffers/<cs>               buffers:read     the bytes (404 if absent)
 PUT  /federation/buffers/<cs>               buffers:write    200 stored / 201 present
@@ -30,6 +31,7 @@ import hashlib
 import json
 from typing import Any, AsyncIterator
 
+import trio
 from quart import Blueprint, Response, request
 
 from ..checksum import EMPTY_CHECKSUM, parse_checksum, parse_checksum_list
@@ -95,6 +97,14 @@ def federation_blueprints(service: Any) -> list[Blueprint]:
         admission = await admit(None)
         service.seen(admission.origin)
         return _json(service.ping_answer())
+
+    @bp.route("/revocations", methods=["GET"])
+    async def revocations() -> Response:
+        # any configured peer, linked or no longer: a peer whose every grant we revoked
+        # must still be able to learn that
+        await admit(None)
+        signed = await trio.to_thread.run_sync(service.publisher.current)
+        return _json(signed.to_document())
 
     @bp.route("/buffers/has", methods=["POST"])
     async def has() -> Response:

@@ -2,9 +2,11 @@
 
 It ties the parts together (files.RegistryWatcher for what is trusted, gate.Gate for
 incoming requests, peers.PeerClient for outgoing ones, locate/fetch for buffers,
-results.ResultLookup for results) and runs one background task, the prober, which pings
-every peer each ``probe_interval`` seconds (reachable?, do they accept us?) and saves what
-it saw to ``<data_dir>/federation/peers-state.json`` for ``seamless-node peers``.
+results.ResultLookup for results, revocation_sync for revocation lists) and runs two
+background tasks: the prober, which pings every peer each ``probe_interval`` seconds
+(reachable?, do they accept us?) and saves what it saw to
+``<data_dir>/federation/peers-state.json`` for ``seamless-node peers``, and the fetcher of
+peers' revocation lists (every ``revocations_interval`` seconds, and on a peer's 403).
 
 Enabled when ``federation.enabled`` is true, or auto and the key file exists.
 """
@@ -29,6 +31,7 @@ from .locate import BadSources, Locator, PresenceCache, Source
 from .peers import PeerClient, PeerError, PeerRefused
 from .replay import NonceStore
 from .results import ResultAnswer, ResultLookup
+from .revocation_sync import Publisher, RevocationSync
 
 if TYPE_CHECKING:
     from ..roles.base import NodeContext
@@ -64,6 +67,20 @@ class FederationService:
         self.claims = ClaimStore(os.path.join(fed_dir, "claims.db"))
         self.client = PeerClient(self.watcher, timeout=float(cfg.request_timeout), clock=clock)
         metrics = context.metrics
+        self.publisher = Publisher(
+            self.watcher, os.path.join(fed_dir, "revocations-published.json"), clock=clock
+        )
+        self.revocations = RevocationSync(
+            self.watcher,
+            self.client,
+            metrics,
+            os.path.join(fed_dir, "peer-revocations"),
+            clock=clock,
+            interval=float(cfg.revocations_interval),
+            timeout=float(cfg.request_timeout),
+            max_skew=skew,
+        )
+        self.client.on_refused = self.revocations.refused
         self.gate = Gate(
             self.watcher, self.nonces, metrics, fetch_keys=self.client.keys, max_skew=skew, clock=clock
         )
@@ -126,12 +143,16 @@ class FederationService:
     async def start(self, nursery: trio.Nursery) -> None:
         await trio.to_thread.run_sync(self.nonces.open)
         await trio.to_thread.run_sync(self.claims.open)
+        await trio.to_thread.run_sync(self.revocations.load)
         self.fetcher.nursery = nursery
+        self.revocations.nursery = nursery
         nursery.start_soon(self._prober)
+        nursery.start_soon(self.revocations.run)
         log.info("federation: node %s, %d peer(s)", self.node_id, len(self.registry.peers))
 
     async def aclose(self) -> None:
         self.fetcher.nursery = None
+        self.revocations.nursery = None
         await self.client.aclose()
         self._save_state()
         self.nonces.close()
@@ -279,6 +300,7 @@ class FederationService:
                     "jobs_received": int(
                         self.metrics.value("seamless_node_federation_jobs_received_total", peer=entry.label)
                     ),
+                    "revocations": self.revocations.report(peer),
                     **self.registry.grants_summary(peer, now),
                 }
             )

@@ -1,8 +1,9 @@
 """``seamless-node peers``: what this node knows about its peers, from its data directory.
 
-``collect`` loads the key, peers, links and revocations as the node does, contacts every
-peer (its public key set, then a signed ping: reachable? does it accept us?), and adds what
-the running node last saw (``<data_dir>/federation/peers-state.json``). ``render`` makes a
+``collect`` loads the key, peers, links and revocations as the node does (with the peers'
+revocation lists the node stored), contacts every peer (its public key set, then a signed
+ping: reachable? does it accept us?), and adds what the running node last saw
+(``<data_dir>/federation/peers-state.json``). ``render`` makes a
 table of it.
 """
 
@@ -18,6 +19,7 @@ from ..config import NodeConfig
 from .canonical import format_time, now
 from .files import RegistryWatcher
 from .peers import PeerClient, PeerError, PeerRefused
+from .revocation_sync import describe, load_held
 
 
 def _saved_state(config: NodeConfig) -> dict[str, Any]:
@@ -50,6 +52,8 @@ def collect(config: NodeConfig, *, probe: bool = True) -> dict[str, Any]:
         watcher = RegistryWatcher(config)
         registry = watcher.registry
         saved = _saved_state(config)
+        held = load_held(os.path.join(config.federation_directory, "peer-revocations"), watcher)
+        watcher.peer_lists.update({peer: h.signed.body for peer, h in held.items()})
         rows: dict[str, dict[str, Any]] = {}
         for peer, entry in registry.peers.items():
             last = saved.get(peer, {})
@@ -73,6 +77,7 @@ def collect(config: NodeConfig, *, probe: bool = True) -> dict[str, Any]:
         t = now()
         for peer, row in rows.items():
             row.update(registry.grants_summary(peer, t))
+            row["revocations"] = describe(held.get(peer), registry, peer)
         return {
             "node_id": watcher.identity.node_id,
             "peers": list(rows.values()),
@@ -94,6 +99,18 @@ def _grants(links: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "-"
 
 
+def _revocations(info: dict[str, Any] | None) -> str:
+    """The peer's published revocation list as this node holds it."""
+    if not info or info.get("version") is None:
+        return "no list fetched yet"
+    text = f"list v{info['version']} fetched {format_time(info['fetched_at'])}"
+    if info["revoked_grants"]:
+        text += "; revoked its grants " + ", ".join(f"#{s}" for s in info["revoked_grants"])
+    if info["revoked_keys"]:
+        text += f"; {info['revoked_keys']} key(s) revoked"
+    return text
+
+
 def render(report: dict[str, Any]) -> str:
     lines = [f"node {report['node_id']}"]
     if not report["peers"]:
@@ -110,6 +127,7 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  error        {row['error']}")
         lines.append(f"  we grant     {_grants(row['to_peer'])}")
         lines.append(f"  they grant   {_grants(row['from_peer'])}")
+        lines.append(f"  revocations  {_revocations(row.get('revocations'))}")
         seen = row.get("last_seen")
         lines.append(f"  last seen    {format_time(seen) if seen else 'never'}")
     for problem in report.get("problems", []):
