@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from .app_class import DRAIN_TIMEOUT
+from .body import BodyLimits, decode_json, refuse_oversize
 from .fastpath import BodyReader, ClientGone
 from .http1 import CONTINUE, MAX_HEAD_BYTES, RequestHead
 
@@ -89,7 +90,10 @@ class Connection:
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         with trio.fail_after(SEND_STALL_TIMEOUT):
-            await self.stream.send_all(data)
+            # most answers fit the socket's buffer: one send
+            sent = await self.socket.send(data)
+            if sent < len(data):
+                await self.stream.send_all(memoryview(data)[sent:])
 
     async def sendfile(self, fd: int, count: int) -> None:
         """Send the first *count* bytes of the file *fd* with sendfile(2), zero-copy.
@@ -194,6 +198,19 @@ class FrontRequest(BodyReader):
             if self.remaining == 0:
                 self.body_complete = True
             yield chunk
+
+    async def read_json(self, limits: BodyLimits) -> Any:
+        buffer = self.connection.buffer
+        if 0 < self.remaining <= len(buffer):
+            # the whole (small) body came with the head: no reading machinery needed
+            refuse_oversize(self.content_length, limits.max_bytes)
+            raw = bytes(buffer[: self.remaining])
+            del buffer[: self.remaining]
+            self.remaining = 0
+            self.body_complete = True
+            self._continue_due = False
+            return decode_json(raw)
+        return await super().read_json(limits)
 
     async def drain(self) -> None:
         """Discard the rest of the body until it ends, the client goes, or DRAIN_TIMEOUT
