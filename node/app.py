@@ -4,9 +4,11 @@ Quart-trio app with every enabled role mounted under its prefix. The front
 everything else to hypercorn, which runs the app.
 
 ``serve_node`` is what ``seamless-node run`` calls and what tests use (with port 0): it
-opens the store, starts the roles, binds, reports the bound URL through ``task_status``,
-and on cancellation stops accepting, closes connections within ``node.shutdown_grace``
-seconds, and closes the roles.
+opens the store, starts the roles, binds and reports the bound URL through
+``task_status``. When its *stop* event is set it shuts down gracefully: it stops
+accepting, closes idle connections, gives the requests in flight up to
+``node.shutdown_grace`` seconds, then cancels the rest and closes the roles. Cancelling it
+stops at once (the roles are still closed).
 """
 
 from __future__ import annotations
@@ -137,7 +139,6 @@ def _install_common_routes(app: NodeApp, *, node_roles: list[Role], metrics: Met
 def hypercorn_config(config: NodeConfig) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"{config.node.host}:{config.node.port}"]
-    hc.graceful_timeout = float(config.node.shutdown_grace)
     # hypercorn's keep-alive timer runs from connection (or last response) until a complete
     # request head has arrived, so it bounds slow-header clients as well as idle connections
     hc.keep_alive_timeout = float(config.node.header_timeout)
@@ -152,15 +153,25 @@ def hypercorn_config(config: NodeConfig) -> HypercornConfig:
     return hc
 
 
-async def serve_node(config: NodeConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the node until cancelled; report the bound base URLs to ``task_status``."""
-    await run_node(build_node(config), task_status=task_status)
+async def serve_node(
+    config: NodeConfig,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the node until *stop* is set (then shut down gracefully) or until cancelled;
+    report the bound base URLs to ``task_status``."""
+    await run_node(build_node(config), stop=stop, task_status=task_status)
 
 
 async def run_node(
-    node: Node, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    node: Node,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve a built node until cancelled (tests build it first to reach its context)."""
+    """Serve a built node until *stop* is set or until cancelled (tests build it first to
+    reach its context)."""
     federation = node.context.federation
     try:
         async with trio.open_nursery() as nursery:
@@ -172,6 +183,11 @@ async def run_node(
             front = Front(node.asgi, node.asgi.routes, node.context.metrics, hypercorn_config(node.config))
             urls = await nursery.start(front.serve)
             task_status.started(urls)
+            if stop is None:
+                await trio.sleep_forever()
+            await stop.wait()
+            await front.shut_down(float(node.config.node.shutdown_grace))
+            nursery.cancel_scope.cancel()  # the roles' own tasks
     finally:
         with trio.CancelScope(shield=True):
             if federation is not None:

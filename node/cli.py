@@ -117,15 +117,26 @@ def run(
     from .app import serve_node
 
     async def main_task() -> None:
+        # the first signal shuts down gracefully (node.shutdown_grace), a second at once
+        stop = trio.Event()
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                urls = await nursery.start(serve_node, config)
+
+                async def serve(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+                    await serve_node(config, stop=stop, task_status=task_status)
+                    nursery.cancel_scope.cancel()  # stopped: no more signals to wait for
+
+                urls = await nursery.start(serve)
                 click.echo(f"seamless-node listening on {urls[0]} (roles: {','.join(config.node.roles)})")
                 sys.stdout.flush()
                 async for signum in signals:
-                    log.info("received %s: shutting down", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    break
+                    name = signal.Signals(signum).name
+                    if stop.is_set():
+                        log.warning("received %s again: stopping at once", name)
+                        nursery.cancel_scope.cancel()
+                        break
+                    log.info("received %s: shutting down", name)
+                    stop.set()
 
     try:
         trio.run(main_task)

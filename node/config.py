@@ -92,7 +92,8 @@ class NodeSection:
     roles: tuple[str, ...] = DEFAULT_ROLES
     #: debug, info, warning or error
     log_level: str = "info"
-    #: seconds that open connections get to finish on shutdown
+    #: on SIGTERM/SIGINT, seconds that requests in flight get to finish before they are cut
+    #: (idle connections close at once; a second signal stops at once)
     shutdown_grace: Seconds = Seconds(2.0)
     #: a client must send a complete request head within this many seconds of connecting
     #: (or of its previous request); also how long an idle keep-alive connection stays open

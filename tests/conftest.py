@@ -34,6 +34,10 @@ class RunningNode:
     url: str
     config: NodeConfig
     cancel_scope: trio.CancelScope
+    #: set to shut the node down gracefully (as SIGTERM does)
+    stop_event: trio.Event
+    #: set once the node has stopped
+    stopped: trio.Event
 
     @property
     def buffers_url(self) -> str:
@@ -44,7 +48,12 @@ class RunningNode:
         return Path(self.config.buffer_directory)
 
     def stop(self) -> None:
+        """Stop at once."""
         self.cancel_scope.cancel()
+
+    def shut_down(self) -> None:
+        """Begin a graceful shutdown (``await node.stopped.wait()`` for its end)."""
+        self.stop_event.set()
 
 
 @pytest.fixture
@@ -57,13 +66,17 @@ async def start_node(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Cal
         counter += 1
         config = make_config(data_dir or tmp_path / f"node{counter}", **sections)
         scope = trio.CancelScope()
+        stop, stopped = trio.Event(), trio.Event()
 
         async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await serve_node(config, task_status=task_status)
+            try:
+                with scope:
+                    await serve_node(config, stop=stop, task_status=task_status)
+            finally:
+                stopped.set()
 
         urls = await nursery.start(run)
-        return RunningNode(urls[0], config, scope)
+        return RunningNode(urls[0], config, scope, stop, stopped)
 
     yield start  # type: ignore[misc]
 

@@ -17,6 +17,11 @@ a request head must arrive within ``node.header_timeout`` of the connection or o
 previous answer (which also closes idle keep-alive connections), heads are at most 16 KiB,
 bodies are read under each route's own ``BodyLimits``.
 
+Shutdown (``Front.shut_down``): the listener closes at once, connections waiting for a
+request head close at once (the front's, and hypercorn's through
+``WorkerContext.terminated``), requests in flight get a grace period to finish (their
+connections close after the answer), then whatever is left is cancelled.
+
 This uses hypercorn's ``TCPServer``, ``WorkerContext`` and ``Lifespan`` directly (its
 trio worker does the same); ``pyproject.toml`` pins hypercorn to the minor version this
 was written against.
@@ -54,9 +59,17 @@ class Front:
         self.metrics = metrics
         self.config = config
         self.header_timeout = float(config.keep_alive_timeout)
-        self.app = wrap_app(asgi, config.wsgi_max_body_size, None)
+        self.app = wrap_app(CountRequests(asgi, self), config.wsgi_max_body_size, None)
         self.context = WorkerContext(None)
         self.lifespan_state: dict[str, Any] = {}
+        #: requests being answered, by the front or by hypercorn
+        self.in_flight = 0
+        #: set by ``shut_down``: no new connection, no new request
+        self.stopping = False
+        self._accepting = trio.CancelScope()
+        self._waiting_for_head: set[trio.CancelScope] = set()
+        self._connections: trio.Nursery | None = None
+        self._drained = trio.Event()
         self.by_method: dict[str, list[FastRoute]] = {}
         for route in routes:
             self.by_method.setdefault(route.method, []).append(route)
@@ -75,19 +88,51 @@ class Front:
             await lifespan_nursery.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
             try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(trio.serve_listeners, self.handle, listeners)
+                async with trio.open_nursery() as connections:
+                    self._connections = connections
+                    await connections.start(self._accept, listeners)
                     task_status.started(urls)
             finally:
+                self._drained.set()
                 with trio.CancelScope(shield=True):
                     await self.context.terminated.set()
             lifespan_nursery.cancel_scope.cancel()
+
+    async def _accept(
+        self, listeners: list[trio.SocketListener], *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Accept connections until ``shut_down`` (which closes the listeners)."""
+        assert self._connections is not None
+        with self._accepting:
+            await trio.serve_listeners(
+                self.handle, listeners, handler_nursery=self._connections, task_status=task_status
+            )
+
+    async def shut_down(self, grace: float) -> None:
+        """Stop accepting and close idle connections at once; give the requests in flight
+        up to *grace* seconds, then cancel them. Returns when every connection is closed."""
+        self.stopping = True
+        self._accepting.cancel()
+        for scope in self._waiting_for_head:
+            scope.cancel()
+        await self.context.terminated.set()  # hypercorn closes its idle connections
+        log.info("shutting down: %d requests in flight", self.in_flight)
+        started = trio.current_time()
+        with trio.move_on_after(grace):
+            await self._drained.wait()
+        if self._drained.is_set():
+            log.info("connections closed after %.1f s", trio.current_time() - started)
+        else:
+            log.warning("shutdown grace of %g s over: cutting %d requests", grace, self.in_flight)
+            assert self._connections is not None
+            self._connections.cancel_scope.cancel()
+            await self._drained.wait()
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """Serve one connection until it closes or is handed to hypercorn."""
         connection = Connection(stream)
         try:
-            while True:
+            while not self.stopping:
                 end = await self._read_head(connection)
                 if end is None:
                     return
@@ -110,16 +155,21 @@ class Front:
         """Index just past the next request head in the buffer; 0 when the head is too
         large to be the front's; None when the client closed or took too long."""
         searched = 0
-        with trio.move_on_after(self.header_timeout):
-            while True:
-                end = head_end(connection.buffer, searched)
-                if end > 0:
-                    return end
-                if len(connection.buffer) > MAX_HEAD_BYTES:
-                    return 0
-                searched = len(connection.buffer)
-                if not await connection.receive_more():
-                    return None
+        with trio.move_on_after(self.header_timeout) as waiting:
+            # an idle connection: ``shut_down`` closes it by cancelling this scope
+            self._waiting_for_head.add(waiting)
+            try:
+                while True:
+                    end = head_end(connection.buffer, searched)
+                    if end > 0:
+                        return end
+                    if len(connection.buffer) > MAX_HEAD_BYTES:
+                        return 0
+                    searched = len(connection.buffer)
+                    if not await connection.receive_more():
+                        return None
+            finally:
+                self._waiting_for_head.discard(waiting)
         return None
 
     def _route(self, head: Any) -> tuple[FastRoute, Any] | None:
@@ -133,10 +183,20 @@ class Front:
         stream = ReplayStream(connection.stream, bytes(connection.buffer))
         connection.buffer.clear()
         state = ConnectionState(self.lifespan_state.copy())
-        await TCPServer(self.app, self.config, self.context, state, stream)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_close_when_cancelled, stream)
+            await TCPServer(self.app, self.config, self.context, state, stream)
+            nursery.cancel_scope.cancel()
 
     async def _serve(self, route: FastRoute, request: FrontRequest) -> bool:
         """Answer one request; True if the connection may carry another."""
+        self.in_flight += 1
+        try:
+            return await self._answer(route, request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, route: FastRoute, request: FrontRequest) -> bool:
         try:
             response = await route.handler(request)
         except NodeError as exc:
@@ -159,7 +219,7 @@ class Front:
     async def _send(self, request: FrontRequest, response: Response) -> bool:
         area = request.path.split("/", 2)[1] or "root"
         self.metrics.inc("seamless_node_http_requests_total", area=area, status=str(response.status))
-        keep_alive = request.head.keep_alive and request.body_complete
+        keep_alive = request.head.keep_alive and request.body_complete and not self.stopping
         headers = [(b"content-type", response.content_type.encode())]
         length: bytes | None = None
         for name, value in (response.headers or {}).items():
@@ -215,6 +275,35 @@ class Front:
         if chunked:
             await connection.send(b"0\r\n\r\n")
         return True
+
+
+async def _close_when_cancelled(stream: ReplayStream) -> None:
+    """Close the socket of a connection handed to hypercorn when it is cancelled.
+
+    hypercorn shields its sends from cancellation: a client that stopped reading would
+    otherwise hold the connection, and shutdown, for as long as it likes."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        stream.socket.close()
+
+
+class CountRequests:
+    """ASGI middleware: counts the requests hypercorn is answering in ``front.in_flight``."""
+
+    def __init__(self, app: Any, front: Front) -> None:
+        self.app = app
+        self.front = front
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        self.front.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.front.in_flight -= 1
 
 
 class ReplayStream(trio.abc.HalfCloseableStream):
