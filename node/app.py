@@ -88,6 +88,10 @@ def build_node(config: NodeConfig) -> Node:
     _install_common_routes(app, node_roles=roles, metrics=metrics, started=time.time())
     fast = [route("GET", "/healthcheck", _healthcheck)]  # load balancers poll it often
     fast += [r for role in roles for r in role.fast_routes()]
+    if context.federation is not None:
+        from .federation.routes_fast import federation_fast_routes
+
+        fast += federation_fast_routes(context.federation)
     return Node(config, app, context, roles, FastPath(app, fast, metrics))
 
 

@@ -11,7 +11,8 @@ GET  /federation/keys                       (none, public)   this node's key set
 GET  /federation/ping                       (any peer)       {"node_id", "time"}
 GET  /federation/revocations                (any peer)       this node's signed revocation list
 POST /federation/buffers/has                buffers:read     [length or null, ...]
-GET  /federation/buffers/<cs>               buffers:read     the bytes (404 if absent)
+GET  /federation/buffers/<cs>               buffers:read     the bytes (404 if absent; a fast
+                                                             route: routes_fast.py)
 PUT  /federation/buffers/<cs>               buffers:write    200 stored / 201 present
 POST /federation/results/lookup             results:read     [signed claim or null, ...]
 POST /federation/results/claims             results:write    [status per claim]
@@ -29,13 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, AsyncIterator
+from typing import Any
 
 import trio
 from quart import Blueprint, Response, request
 
 from ..checksum import EMPTY_CHECKSUM, parse_checksum, parse_checksum_list
-from ..store.service import PutOutcome, SmallBuffer
+from ..store.service import PutOutcome
 from ..web.body import BodyLimits, body_chunks, read_body
 from .gate import Admission, Refusal
 from .peers import REFUSAL_HEADER
@@ -58,7 +59,6 @@ def federation_blueprints(service: Any) -> list[Blueprint]:
     bp = Blueprint("federation", __name__, url_prefix="/federation")
     gate = service.gate
     buffers = service.context.buffers
-    metrics = service.context.metrics
     config = service.context.config
     query_limits = BodyLimits(max_bytes=config.buffers.max_batch_count * 72 + 1024, idle_timeout=30.0)
 
@@ -118,40 +118,6 @@ def federation_blueprints(service: Any) -> list[Blueprint]:
             return _json([size if here else None for here, size in zip(present, lengths, strict=True)])
         finally:
             admission.release()
-
-    @bp.route("/buffers/<checksum>", methods=["GET"])
-    async def get_buffer(checksum: str) -> Response:
-        admission = await admit("buffers:read")
-        try:
-            parse_checksum(checksum)
-            found = await buffers.get(checksum, set(), wait_pending=False)
-        except BaseException:
-            admission.release()
-            raise
-        if found is None:
-            admission.release()
-            return Response("Not found", status=404, content_type="text/plain")
-        headers = {"Content-Type": "application/octet-stream"}
-        if isinstance(found, SmallBuffer):
-            admission.release()
-            metrics.inc("seamless_node_federation_bytes_served_total", len(found.data), peer=admission.label)
-            return Response(found.data, headers=headers)
-        if found.content_length is not None:
-            headers["Content-Length"] = str(found.content_length)
-
-        async def send() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in found:
-                    metrics.inc(
-                        "seamless_node_federation_bytes_served_total", len(chunk), peer=admission.label
-                    )
-                    yield chunk
-            finally:
-                admission.release()
-
-        response = Response(send(), headers=headers)
-        response.timeout = None
-        return response
 
     @bp.route("/buffers/<checksum>", methods=["PUT"])
     async def put_buffer(checksum: str) -> Response:

@@ -134,3 +134,31 @@ async def test_a_link_expires_while_the_node_runs(cluster: Cluster):
     with pytest.raises(PeerRefused) as info:
         await a.federation.client.has(b.node_id, ["0" * 64])
     assert info.value.status == 403 and "expired" in str(info.value)
+
+
+async def test_large_buffers_to_a_peer_release_their_slot(cluster: Cluster, http: httpx.AsyncClient):
+    """GET /federation/buffers/<cs> (a fast route): hashed while streaming the first time,
+    zero-copy from the file after that; either way the peer's one concurrent slot
+    (max_concurrent=1) is free again afterwards, and unsigned requests are refused."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    a, b = await pair(cluster)
+    data = os.urandom(6 * 1024 * 1024 + 5)
+    cs = hashlib.sha256(data).hexdigest()
+    shard = Path(b.context.config.buffer_directory) / cs[:2]
+    shard.mkdir(parents=True, exist_ok=True)
+    (shard / cs).write_bytes(data)  # dropped in: not yet verified by this node
+    target = f"/federation/buffers/{cs}"
+    for _ in range(3):
+        headers = sign_request(
+            a.identity, method="GET", target=target, body=b"", destination=b.node_id, timestamp=int(time.time())
+        )
+        r = await http.get(b.url + target, headers=headers)
+        assert r.status_code == 200 and r.content == data
+    assert len(b.context.buffers.store.verified) == 1  # the first answer hashed it whole
+    served = b.context.metrics.value("seamless_node_federation_bytes_served_total", peer="a")
+    assert served == 3 * len(data)
+    r = await http.get(b.url + target)
+    assert r.status_code == 401 and r.headers["X-Seamless-Refusal"] == "missing-header"
