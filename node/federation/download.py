@@ -3,8 +3,9 @@
 httpx reads a response body in 64 KiB pieces through anyio, which caps a download at
 about 500 MB/s here, and h11's own body decoding re-buffers every byte (about 700 MB/s of
 one core). This client lets h11 write the request and parse the response head, then reads
-a Content-Length body straight from the socket (or TLS stream), up to 1 MiB at a time and
-never past the announced length, and reads ahead: the next piece is received while the
+a Content-Length body straight from the socket (received by worker threads into 1 MiB
+pieces, see web/bulk.py; from a TLS stream by the loop), never past the announced length,
+and reads ahead: the next piece is received while the
 store hashes and writes the previous one in its worker thread. Other bodies (chunked, or
 up to the end of the connection) are decoded by h11. One connection per download, closed
 at the end: its cost is small next to a large buffer, and no half-read connection is ever
@@ -24,6 +25,8 @@ from urllib.parse import urlsplit
 
 import h11
 import trio
+
+from ..web import bulk
 
 READ_SIZE = 1 << 20
 #: pieces received ahead of the consumer
@@ -122,12 +125,16 @@ async def open_download(
                 piece = leftover[:remaining]
                 remaining -= len(piece)
                 yield piece
+            sock = getattr(stream, "socket", None)  # plain TCP: worker threads receive
             while remaining > 0:
-                data = await stream.receive_some(min(READ_SIZE, remaining))
+                if sock is not None:
+                    data = await bulk.receive_piece(sock, min(READ_SIZE, remaining))
+                else:
+                    data = await stream.receive_some(min(READ_SIZE, remaining))
                 if not data:
                     raise h11.RemoteProtocolError(f"peer closed the connection {remaining} bytes short")
                 remaining -= len(data)
-                yield bytes(data)
+                yield data
 
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:

@@ -9,15 +9,12 @@ the two serves it.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import struct
-import time
 from typing import Any, AsyncIterator
 
 import trio
 
+from . import bulk
 from .app_class import DRAIN_TIMEOUT
 from .body import BodyLimits, decode_json, refuse_oversize
 from .fastpath import BodyReader, ClientGone
@@ -30,9 +27,6 @@ BULK_BODY = 4 << 20
 BULK_PIECE = 1 << 20
 #: a client that accepts no byte of an answer for this long is dropped
 SEND_STALL_TIMEOUT = 120.0
-#: a worker thread sends a file for at most this long before reporting back to the loop
-SENDFILE_SLICE = 0.25
-SENDFILE_MAX_CALL = 8 << 20
 
 
 class Connection:
@@ -58,24 +52,13 @@ class Connection:
         return await self._recv(max_bytes)
 
     async def receive_piece(self, size: int) -> bytes | bytearray:
-        """Up to *size* bytes from the socket, received in a worker thread straight into one
-        new buffer for up to SENDFILE_SLICE seconds (b"" once the client has closed). For
-        large bodies: no copy or wake-up per 64 KiB on the event loop."""
+        """Up to *size* bytes received by a worker thread (see bulk.py); b"" at the end."""
         if self.eof:
             return b""
-        sockfd = self.socket.fileno()
-        timeout = struct.pack("ll", 0, int(SENDFILE_SLICE * 1e6))
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
-        piece = bytearray(size)
-        got = 0
-        while got == 0:  # a slice that brought nothing: try again (the caller's limits
-            # cancel this between slices); one that brought less than asked: return it,
-            # so a slow client's rate is checked as it goes
-            got = await trio.to_thread.run_sync(_receive_slice, sockfd, piece, 0)
-        if got < 0:
+        piece = await bulk.receive_piece(self.socket, size)
+        if not piece:
             self.eof = True
-            return b""
-        return piece if got == size else piece[:got]
+        return piece
 
     async def _recv(self, max_bytes: int) -> bytes:
         if self.eof:
@@ -96,27 +79,8 @@ class Connection:
                 await self.stream.send_all(memoryview(data)[sent:])
 
     async def sendfile(self, fd: int, count: int) -> None:
-        """Send the first *count* bytes of the file *fd* with sendfile(2), zero-copy.
-
-        The copy runs in worker threads with the socket blocking (and a send timeout of
-        SENDFILE_SLICE), a slice at a time, so the loop stays free, cancellation is seen
-        between slices, and no thread ever outlives the connection's socket."""
-        sockfd = self.socket.fileno()
-        offset = 0
-        stalled = 0.0
-        timeout = struct.pack("ll", 0, int(SENDFILE_SLICE * 1e6))
-        os.set_blocking(sockfd, True)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
-        try:
-            while offset < count:
-                sent = await trio.to_thread.run_sync(_sendfile_slice, sockfd, fd, offset, count - offset)
-                offset += sent
-                stalled = 0.0 if sent else stalled + SENDFILE_SLICE
-                if stalled >= SEND_STALL_TIMEOUT:
-                    raise trio.TooSlowError("the client stopped reading")
-        finally:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
-            os.set_blocking(sockfd, False)
+        """Send the first *count* bytes of the file *fd*, zero-copy (see bulk.py)."""
+        await bulk.sendfile(self.socket, fd, count, stall_timeout=SEND_STALL_TIMEOUT)
 
     def peer(self) -> tuple[str, int] | None:
         try:
@@ -233,41 +197,3 @@ class FrontRequest(BodyReader):
             if not await connection.receive_more():
                 return
         await trio.sleep_forever()
-
-
-def _sendfile_slice(sockfd: int, fd: int, offset: int, count: int) -> int:
-    """Send from *offset* for up to SENDFILE_SLICE seconds; the bytes sent."""
-    deadline = time.monotonic() + SENDFILE_SLICE
-    sent = 0
-    while sent < count and time.monotonic() < deadline:
-        try:
-            n = os.sendfile(sockfd, fd, offset + sent, min(count - sent, SENDFILE_MAX_CALL))
-        except (BlockingIOError, InterruptedError):
-            break  # the send timeout passed: the client is not reading fast enough
-        if n == 0:
-            raise OSError(f"file ended {count - sent} bytes early")
-        sent += n
-    return sent
-
-
-def _receive_slice(sockfd: int, piece: bytearray, start: int) -> int:
-    """Fill *piece* from *start* for up to SENDFILE_SLICE seconds, the socket blocking
-    meanwhile; the bytes received, or -1 at the client's end of stream (or reset)."""
-    deadline = time.monotonic() + SENDFILE_SLICE
-    got = 0
-    os.set_blocking(sockfd, True)
-    try:
-        with memoryview(piece) as view:
-            while start + got < len(piece) and time.monotonic() < deadline:
-                try:
-                    n = os.readv(sockfd, [view[start + got :]])
-                except (BlockingIOError, InterruptedError):
-                    break  # the receive timeout passed: nothing more for now
-                except (ConnectionResetError, BrokenPipeError):
-                    return got or -1
-                if n == 0:
-                    return got or -1
-                got += n
-    finally:
-        os.set_blocking(sockfd, False)
-    return got
