@@ -286,7 +286,7 @@ def main() -> None:
     up_ceiling, node_ceiling = statistics.median(ceiling["upstream"]), statistics.median(ceiling["node"])
     print(
         f"\nHTTP stack ceiling, GET /healthcheck per second: seamless-database (aiohttp) {up_ceiling:,.0f}, "
-        f"seamless-node (hypercorn + Quart-trio) {node_ceiling:,.0f}"
+        f"seamless-node {node_ceiling:,.0f}"
     )
     print("\n" + json.dumps({k: [[round(w), round(r)] for w, r in v] for k, v in rows.items()}))
 
