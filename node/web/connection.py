@@ -83,18 +83,10 @@ class Connection:
         await bulk.sendfile(self.socket, fd, count, stall_timeout=SEND_STALL_TIMEOUT)
 
     def peer(self) -> tuple[str, int] | None:
-        try:
-            host, port = self.socket.getpeername()[:2]
-        except OSError:
-            return None
-        return host, port
+        return _address(self.socket.getpeername)
 
     def local(self) -> tuple[str, int] | None:
-        try:
-            host, port = self.socket.getsockname()[:2]
-        except OSError:
-            return None
-        return host, port
+        return _address(self.socket.getsockname)
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
@@ -197,3 +189,12 @@ class FrontRequest(BodyReader):
             if not await connection.receive_more():
                 return
         await trio.sleep_forever()
+
+
+def _address(get: Any) -> tuple[str, int] | None:
+    """(host, port) of one end of the connection; None once it is gone."""
+    try:
+        host, port = get()[:2]
+    except OSError:
+        return None
+    return host, port
