@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,21 +35,13 @@ import time
 from typing import Awaitable, Callable
 
 import aiohttp
+from common import bin_path, free_port
 
 
 def cs(kind: str, i: int) -> str:
     return hashlib.sha256(f"{kind}-{i}".encode()).hexdigest()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def bin_path(name: str) -> str:
-    candidate = os.path.join(os.path.dirname(sys.executable), name)
-    return candidate if os.path.exists(candidate) else name
 
 
 class Server:

@@ -43,7 +43,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+from common import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTEN_RE = re.compile(r"seamless-node listening on (http://\S+)")
@@ -108,11 +108,6 @@ class Proc:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
 
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 NGINX_CONF = """\

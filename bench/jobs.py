@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+from common import bin_path, free_port
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -58,15 +58,6 @@ from node.transformation import transformation_checksum  # noqa: E402
 TIMEOUT = aiohttp.ClientTimeout(total=600)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def bin_path(name: str) -> str:
-    candidate = os.path.join(os.path.dirname(sys.executable), name)
-    return candidate if os.path.exists(candidate) else name
 
 
 @dataclass
