@@ -3,11 +3,12 @@
 The node's front (``front.py``) serves its hottest routes itself and hands every other
 connection to hypercorn. It only keeps requests it understands completely: an HTTP/1.1
 request line with an origin-form target, well-formed header fields, and a body framed by a
-single Content-Length (or no body). Anything else (HTTP/1.0, ``Transfer-Encoding``,
-``Upgrade``, absolute-form targets, duplicate or malformed lengths, obsolete line folding,
-control characters, too many headers) makes ``parse_head`` return None, and hypercorn and
-h11 answer it exactly as they would without the front. So the front adds no new way to
-read a request differently from h11 (no smuggling between the two), only a faster one for
+single Content-Length (or no body), and exactly one Host field. Anything else (HTTP/1.0,
+``Transfer-Encoding``, ``Upgrade``, absolute-form targets, duplicate or malformed lengths,
+obsolete line folding, control characters, too many headers) makes ``parse_head`` return
+None, and hypercorn and h11 answer it exactly as they would without the front. So the
+front adds no new way to read a request differently from h11 (no smuggling between the
+two; ``tests/web/test_http1.py`` checks this against h11 itself), only a faster one for
 the clean common case.
 """
 
@@ -70,6 +71,7 @@ def parse_head(raw: bytes) -> RequestHead | None:
     length: int | None = None
     keep_alive = True
     expect_continue = False
+    hosts = 0
     for field_line in lines[1:]:
         field = _FIELD.fullmatch(field_line)
         if field is None:  # also obsolete folding (a line starting with a space)
@@ -88,11 +90,15 @@ def parse_head(raw: bytes) -> RequestHead | None:
                 return None
             if b"close" in options:
                 keep_alive = False
+        elif name == b"host":
+            hosts += 1
         elif name == b"expect":
             if value.lower() != b"100-continue":
                 return None
             expect_continue = True
         headers.append((name, value))
+    if hosts != 1:  # HTTP/1.1 asks for exactly one Host field; h11 answers 400 otherwise
+        return None
     target = line.group(2)
     raw_path, _, query = target.partition(b"?")
     return RequestHead(

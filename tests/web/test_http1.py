@@ -23,10 +23,17 @@ def test_a_plain_request():
 
 
 def test_connection_close_and_expect():
-    parsed = parse_head(head("PUT /b HTTP/1.1", "Connection: keep-alive, close", "Expect: 100-continue", "Content-Length: 5"))
+    parsed = parse_head(
+        head("PUT /b HTTP/1.1", "Host: h", "Connection: keep-alive, close", "Expect: 100-continue", "Content-Length: 5")
+    )
     assert parsed is not None and not parsed.keep_alive and parsed.expect_continue
-    no_body = parse_head(head("GET /b HTTP/1.1", "Expect: 100-continue"))
+    no_body = parse_head(head("GET /b HTTP/1.1", "Host: h", "Expect: 100-continue"))
     assert no_body is not None and not no_body.expect_continue
+
+
+def test_exactly_one_host():
+    assert parse_head(head("GET /b HTTP/1.1")) is None
+    assert parse_head(head("GET /b HTTP/1.1", "Host: a", "Host: b")) is None
 
 
 @pytest.mark.parametrize(
@@ -70,3 +77,62 @@ def test_response_head_refuses_line_breaks():
     assert out.startswith(b"HTTP/1.1 200 OK\r\ndate: ") and out.endswith(b"content-length: 2\r\n\r\n")
     with pytest.raises(ValueError):
         response_head(200, [(b"x", b"a\r\nSet-Cookie: evil")])
+
+
+# -- differential: whatever the front keeps, h11 reads the same way ------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+import h11  # noqa: E402
+
+def _mostly(good: list[str], bad: list[str]) -> st.SearchStrategy[str]:
+    """Mostly well-formed pieces, with the odd malformed one (repeats weight the choice)."""
+    return st.sampled_from(good * 8 + bad)
+
+
+_NAMES = _mostly(
+    ["Content-Length", "content-length", "Connection", "Expect", "X-Seamless", "Accept-Encoding"],
+    ["Transfer-Encoding", "Upgrade", "TE", "Host", "Bad Name", "X-\u00e9", ""],
+)
+_VALUES = st.one_of(
+    _mostly(["0", "5", "12", "close", "keep-alive", "keep-alive, close", "100-continue", "gzip", "a\tb"],
+            ["-1", "1x", " 7 ", "chunked", "", "a\x00b", "\u00ff", "upgrade"]),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12),
+    st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=12),
+)
+_FIELD = st.tuples(_NAMES, _mostly([": ", ":"], ["  :", " :", ":\t"]), _VALUES).map(lambda t: "".join(t))
+_LINE = st.tuples(
+    _mostly(["GET", "PUT", "POST"], ["get", "HEAD", "G ET"]),
+    _mostly([" "], ["  ", "\t"]),
+    _mostly(["/buffers/ab", "/database", "/a?b=c", "/%2e%2e/x"], ["*", "http://h/x", "/\u00e9", "/a b"]),
+    _mostly([" HTTP/1.1"], [" HTTP/1.0", " HTTP/2.0", "HTTP/1.1", " http/1.1"]),
+).map(lambda t: "".join(t))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_LINE, st.lists(_FIELD, max_size=3), st.sampled_from([1] * 8 + [0, 2]), _mostly(["\r\n"], ["\n"]))
+def test_what_the_front_keeps_h11_reads_alike(line, fields, hosts, newline):
+    fields = ["Host: h"] * hosts + fields
+    raw = (newline.join([line, *fields]) + newline + newline).encode("latin-1", "replace")
+    parsed = parse_head(raw)
+    if parsed is None:
+        return  # left to hypercorn and h11 themselves
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(raw)
+    event = conn.next_event()  # must not raise: the front only keeps what h11 accepts
+    assert isinstance(event, h11.Request)
+    assert event.method.decode() == parsed.method
+    assert event.target == parsed.raw_path + (b"?" + parsed.query if parsed.query else b"")
+    assert [(k, v) for k, v in event.headers] == parsed.headers
+    # the same body framing: h11 expects exactly Content-Length bytes, or none
+    body = b"x" * parsed.content_length
+    conn.receive_data(body)
+    seen = b""
+    while True:
+        nxt = conn.next_event()
+        if isinstance(nxt, h11.Data):
+            seen += nxt.data
+        else:
+            assert isinstance(nxt, h11.EndOfMessage), nxt
+            break
+    assert seen == body
