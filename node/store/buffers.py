@@ -23,15 +23,13 @@ from ..checksum import parse_checksum
 from ..errors import StoreError, StoreFull, StoreReadOnly
 from . import layout as L
 from .reader import OpenedBuffer, VerifiedReader, open_in_shard, open_shard
-from .verified import FileStamp, VerifiedFiles
+from .verified import VERIFIED_MIN_SIZE, FileStamp, VerifiedFiles
 from .writer import PendingWrite, raise_for_oserror
 
 log = logging.getLogger("seamless_node.store")
 
 #: how long a free-space reading is reused before statvfs is called again (seconds)
 FREE_SPACE_TTL = 1.0
-#: uploads at least this large are remembered as verified (smaller ones cost little to re-hash)
-VERIFIED_MIN_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)

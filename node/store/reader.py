@@ -20,7 +20,7 @@ from ..checksum import new_hasher
 from ..errors import CorruptBuffer, InvalidBody
 from .compression import Decompressor
 from .layout import LENGTH_SIDECAR_SUFFIX, BufferLocation
-from .verified import FileStamp, VerifiedFiles
+from .verified import VERIFIED_MIN_SIZE, FileStamp, VerifiedFiles
 
 CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -164,8 +164,14 @@ class VerifiedReader:
                 raise CorruptBuffer(
                     f"File corruption: stored buffer {self.checksum} hashes to {digest}"
                 )
-            if self._verified is not None and self.opened.location.encoding is None and self.opened.stamp:
-                self._verified.remember(self.checksum, self.opened.stamp)
+            opened = self.opened
+            if (
+                self._verified is not None
+                and opened.location.encoding is None
+                and opened.stamp is not None
+                and opened.stored_size >= VERIFIED_MIN_SIZE
+            ):
+                self._verified.remember(self.checksum, opened.stamp)
         return data, at_end
 
     def file_for_sendfile(self) -> tuple[int, int] | None:

@@ -21,7 +21,6 @@ from ..errors import CorruptBuffer, StoreError
 from .buffers import BufferStore
 from .promises import PendingBuffers
 from .reader import CHUNK, VerifiedReader
-from .writer import PendingWrite
 
 log = logging.getLogger("seamless_node.store")
 

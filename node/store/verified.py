@@ -22,6 +22,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+#: only files at least this large are remembered: smaller ones cost little to re-hash, and
+#: many small reads must not push the large files out of the bounded table
+VERIFIED_MIN_SIZE = 1 << 20
+
 
 @dataclass(frozen=True, slots=True)
 class FileStamp:

@@ -123,3 +123,11 @@ def test_a_truncated_trusted_file_is_not_served_whole(make_store):
     os.truncate(store.primary_location(cs).path, MiB)  # after the open: the stamp was taken
     with pytest.raises(CorruptBuffer):
         reader.read_all()
+
+
+def test_small_reads_are_not_remembered(make_store):
+    store = make_store()
+    cs, data = random_buffer(1000)
+    store.put(cs, data)
+    assert store.open_reader(cs).read_all() == data
+    assert len(store.verified) == 0 and not store.open_reader(cs).trusted
