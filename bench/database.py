@@ -35,7 +35,7 @@ import time
 from typing import Awaitable, Callable
 
 import aiohttp
-from common import bin_path, free_port
+from common import bin_path, free_port, wait_healthy
 
 
 def cs(kind: str, i: int) -> str:
@@ -74,18 +74,6 @@ class Server:
                 self.proc.wait()
 
 
-async def wait_healthy(url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(url + "/healthcheck") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} never became healthy")
-
 
 def start_upstream(workdir: str) -> Server:
     port = free_port()
@@ -101,7 +89,7 @@ def start_upstream(workdir: str) -> Server:
     server = Server(
         args, workdir, lambda line: f"http://127.0.0.1:{port}" if "DATABASE FILE" in line else None
     )
-    asyncio.run(wait_healthy(server.url))
+    asyncio.run(wait_healthy(server.url, attempts=200))
     return server
 
 

@@ -48,7 +48,7 @@ from typing import Any
 
 import aiohttp
 import psutil
-from common import bin_path, free_port
+from common import bin_path, free_port, wait_healthy
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -87,20 +87,6 @@ def _spawn(
     out = open(os.path.join(workdir, log), "wb")
     return subprocess.Popen(args, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env)
 
-
-async def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(600):
-            if proc.poll() is not None:
-                break
-            try:
-                async with session.get(url + "/healthcheck") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} never became healthy")
 
 
 async def start_upstream(workdir: str, workers: int) -> Stack:
