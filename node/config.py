@@ -128,6 +128,9 @@ class BuffersSection:
     threads: int = 8
     #: fsync each buffer and its directory before acknowledging (off only for scratch stores)
     fsync: bool = True
+    #: write large uploads (4 MiB and more) with O_DIRECT, from the receive buffer straight
+    #: to the disk, where the filesystem allows (others are written through the page cache)
+    direct_io: bool = True
     #: a large buffer the node hashed itself (on upload, or whole on an earlier read) is
     #: served again without re-hashing, straight from the file, for this many seconds as
     #: long as the file is unchanged (device, inode, size, mtime, ctime); 0 = re-hash

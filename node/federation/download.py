@@ -128,13 +128,15 @@ async def open_download(
             sock = getattr(stream, "socket", None)  # plain TCP: worker threads receive
             while remaining > 0:
                 if sock is not None:
-                    data = await bulk.receive_piece(sock, min(READ_SIZE, remaining))
+                    pieces = await bulk.receive_pieces(sock, bulk.piece_sizes(length - remaining, remaining))
                 else:
                     data = await stream.receive_some(min(READ_SIZE, remaining))
-                if not data:
+                    pieces = [data] if data else []
+                if not pieces:
                     raise h11.RemoteProtocolError(f"peer closed the connection {remaining} bytes short")
-                remaining -= len(data)
-                yield data
+                for data in pieces:
+                    remaining -= len(data)
+                    yield data
 
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:

@@ -22,6 +22,7 @@ from typing import Iterable, Iterator
 from ..checksum import parse_checksum
 from ..errors import StoreError, StoreFull, StoreReadOnly
 from . import layout as L
+from .direct_io import DirectSupport
 from .reader import OpenedBuffer, VerifiedReader, open_in_shard, open_shard
 from .verified import VERIFIED_MIN_SIZE, FileStamp, VerifiedFiles
 from .writer import PendingWrite, raise_for_oserror
@@ -82,7 +83,10 @@ class BufferStore:
         fsync: bool = True,
         reserve_free_bytes: int = 0,
         verified_ttl: float = 0.0,
+        direct_io: bool = True,
     ) -> None:
+        #: whether large uploads may be written with O_DIRECT (see direct_io.py)
+        self.direct_io = DirectSupport(direct_io)
         #: recently verified files, read again without re-hashing (see verified.py)
         self.verified = VerifiedFiles(verified_ttl)
         self.directory = os.path.abspath(os.fspath(directory))
@@ -250,7 +254,15 @@ class BufferStore:
             raise StoreReadOnly("this buffer store is read-only")
         if self.reserve_free_bytes or expected_size:
             self._check_free_space(expected_size or 0)
-        return PendingWrite(checksum, self.tmp_dir, encoding, self.max_buffer_size, self.fsync)
+        return PendingWrite(
+            checksum,
+            self.tmp_dir,
+            encoding,
+            self.max_buffer_size,
+            self.fsync,
+            expected_size=expected_size,
+            direct=self.direct_io,
+        )
 
     def _check_free_space(self, incoming: int) -> None:
         """Refuse (StoreFull) a write that would leave less than the reserve free.

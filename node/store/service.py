@@ -241,7 +241,10 @@ class BufferService:
                 async def write_pieces() -> None:
                     try:
                         async for piece in receive:
-                            await self.run_sync(pending.feed, piece)
+                            if pending.feeds_at_once(piece):
+                                pending.feed(piece)  # hands it to the hashing and writing threads
+                            else:
+                                await self.run_sync(pending.feed, piece)
                     except Exception as exc:
                         failure.append(exc)
                         nursery.cancel_scope.cancel()

@@ -23,19 +23,27 @@ import errno
 import logging
 import os
 import secrets
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
 
 from ..checksum import new_hasher
 from ..errors import BufferTooLarge, ChecksumMismatch, StoreError, StoreFull
 from .compression import Decompressor
+from .direct_io import DIRECT_MIN_SIZE, DirectSupport, qualifies, write_direct
 from .layout import BufferLocation
 from .writeback import WRITEBACK_STEP, start_writeback
 
 log = logging.getLogger("seamless_node.store")
 
-#: pieces at least this large are hashed in a helper thread while they are written
-PARALLEL_HASH_MIN = 256 * 1024
+#: pieces at least this large are hashed and written in worker threads, while the caller
+#: goes on receiving; smaller ones in the caller's thread (after those before them)
+PARALLEL_MIN = 256 * 1024
+#: pieces of one upload being hashed or written at once, at most (bounds memory)
+MAX_IN_FLIGHT = 4
 _HASHERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seamless-node-hash")
+_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="seamless-node-write")
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -56,7 +64,12 @@ def fsync_directory(path: str) -> None:
 
 
 class PendingWrite:
-    """One buffer being written. Not thread-safe; use from one task at a time."""
+    """One buffer being written. Not thread-safe; use from one task at a time.
+
+    Large pieces are pipelined: ``feed`` hands each to a hashing lane (in order) and a
+    writer thread (at its offset: writes may finish in any order) and returns, waiting
+    only when MAX_IN_FLIGHT pieces are still busy. A piece must not be changed after it
+    has been fed. Errors of a piece surface at a later ``feed`` or at ``verify``."""
 
     def __init__(
         self,
@@ -65,53 +78,103 @@ class PendingWrite:
         encoding: str | None,
         max_size: int | None,
         fsync: bool = True,
+        *,
+        expected_size: int | None = None,
+        direct: DirectSupport | None = None,
     ) -> None:
         self.checksum = checksum
         self.encoding = encoding
         self.max_size = max_size
         self.fsync = fsync
-        self.length = 0  # bytes written to disk (decompressed)
-        self._flushed = 0  # write-back started up to here (see writeback.py)
+        self.length = 0  # bytes fed so far (decompressed): the next piece's offset
+        self._written = 0  # bytes written through the page cache since the last write-back
         self._hasher = new_hasher()
+        self._hashing = SerialLane(_HASHERS)
+        self._in_flight: deque[Future[object]] = deque()
         self._decompressor = Decompressor(encoding, self._write_piece) if encoding else None
         self.tmp_path = os.path.join(tmp_dir, f"{checksum}.{secrets.token_hex(6)}")
+        self._direct_fd: int | None = None
         try:
             self._fd: int | None = os.open(self.tmp_path, _OPEN_FLAGS, 0o600)
         except OSError as exc:
             raise_for_oserror(exc, "creating a temp file")
+        self._direct = direct
+        large_plain = encoding is None and (expected_size or 0) >= DIRECT_MIN_SIZE
+        if direct is not None and large_plain:
+            try:
+                # large plain uploads go to the disk with O_DIRECT where pieces allow
+                self._direct_fd = direct.open(self.tmp_path)
+            except OSError as exc:
+                self.abort()
+                raise_for_oserror(exc, "opening a temp file")
 
-    def _write_piece(self, piece: bytes) -> None:
+    def _write_piece(self, piece: bytes | memoryview) -> None:
+        offset = self.length
         self.length += len(piece)
         if self.max_size is not None and self.length > self.max_size:
             raise BufferTooLarge(
                 f"buffer is larger than the node's maximum buffer size ({self.max_size} bytes)"
             )
         assert self._fd is not None, "write already finished"
-        if len(piece) >= PARALLEL_HASH_MIN:
-            # hashing and copying into the page cache both release the GIL: overlap them
-            hashed = _HASHERS.submit(self._hasher.update, piece)
-            try:
-                self._write_all(piece)
-            finally:
-                hashed.result()
+        if len(piece) >= PARALLEL_MIN:
+            while len(self._in_flight) >= 2 * MAX_IN_FLIGHT:
+                self._in_flight.popleft().result()
+            self._in_flight.append(self._hashing.submit(self._hasher.update, piece))
+            self._in_flight.append(_WRITERS.submit(self._write_at, piece, offset))
         else:
-            self._hasher.update(piece)
-            self._write_all(piece)
-        if self.fsync and self.length - self._flushed >= WRITEBACK_STEP:
-            start_writeback(self._fd, self._flushed, self.length - self._flushed)
-            self._flushed = self.length
+            self._hashing.submit(self._hasher.update, piece).result()  # after earlier pieces
+            self._write_at(piece, offset)
 
-    def _write_all(self, piece: bytes) -> None:
+
+    def _write_at(self, piece: bytes | memoryview, offset: int) -> None:
+        """Write *piece* at *offset*: straight to the disk if it qualifies, else through
+        the page cache (starting write-back now and then, see writeback.py)."""
         assert self._fd is not None
-        view = memoryview(piece)
         try:
+            if self._direct_fd is not None and qualifies(piece, offset):
+                assert self._direct is not None
+                if write_direct(self._direct_fd, memoryview(piece), offset, self._direct):
+                    return
+            view = memoryview(piece)
             while view:
-                written = os.write(self._fd, view)
+                written = os.pwrite(self._fd, view, offset)
                 view = view[written:]
+                offset += written
         except OSError as exc:
             raise_for_oserror(exc, "writing a buffer")
+        if self.fsync:
+            self._start_writeback(offset - len(piece), len(piece))
 
-    def feed(self, chunk: bytes) -> None:
+    def _start_writeback(self, offset: int, size: int) -> None:
+        # approximate accounting across writer threads is fine: this only moves work earlier
+        self._written += size
+        if self._written >= WRITEBACK_STEP:
+            self._written = 0
+            end = offset + size  # pieces finish out of order: cover the recent ones
+            start = max(0, end - 2 * WRITEBACK_STEP)
+            start_writeback(self._fd, start, end - start)  # type: ignore[arg-type]
+
+    def _settle(self) -> None:
+        """Wait for every piece in flight; raise the first error among them."""
+        failure: BaseException | None = None
+        while self._in_flight:
+            try:
+                self._in_flight.popleft().result()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def feeds_at_once(self, chunk: bytes | memoryview) -> bool:
+        """Whether ``feed(chunk)`` only hands the chunk to worker threads, without
+        blocking (so that an event loop may call it directly)."""
+        return (
+            self._decompressor is None
+            and len(chunk) >= PARALLEL_MIN
+            and len(self._in_flight) < 2 * MAX_IN_FLIGHT
+        )
+
+    def feed(self, chunk: bytes | memoryview) -> None:
         """Hash and write one chunk of the body, as received."""
         if self._decompressor is not None:
             self._decompressor.feed(chunk)
@@ -122,6 +185,7 @@ class PendingWrite:
         """Finish decoding and compare the digest with the claimed checksum."""
         if self._decompressor is not None:
             self._decompressor.finish()
+        self._settle()
         digest = self._hasher.hexdigest()
         if digest != self.checksum:
             raise ChecksumMismatch(
@@ -131,6 +195,8 @@ class PendingWrite:
     def commit(self, location: BufferLocation) -> None:
         """Make the verified temp file visible at *location* (see the module docstring)."""
         assert self._fd is not None
+        self._settle()
+        self._close_direct()
         fd, self._fd = self._fd, None
         try:
             if self.fsync:
@@ -156,8 +222,18 @@ class PendingWrite:
         except OSError as exc:
             raise_for_oserror(exc, "moving a buffer into place")
 
+    def _close_direct(self) -> None:
+        if self._direct_fd is not None:
+            fd, self._direct_fd = self._direct_fd, None
+            os.close(fd)
+
     def abort(self) -> None:
         """Discard the temp file; safe to call more than once."""
+        try:
+            self._settle()  # no thread may still write to a closed descriptor
+        except BaseException:  # noqa: BLE001 - the write is being discarded anyway
+            pass
+        self._close_direct()
         if self._fd is not None:
             try:
                 os.close(self._fd)
@@ -196,3 +272,36 @@ def _ensure_directory(path: str) -> bool:
         return False
     _known_directories.add(path)
     return True
+
+
+class SerialLane:
+    """Runs the calls submitted to it one after another, in order, on a shared executor
+    (a hash must see a buffer's pieces in order; the executor's threads serve many
+    uploads)."""
+
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self._executor = executor
+        self._queue: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._lock = threading.Lock()
+        self._running = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            self._queue.append((future, fn, args))
+            start, self._running = not self._running, True
+        if start:
+            self._executor.submit(self._drain)
+        return future
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running = False
+                    return
+                future, fn, args = self._queue.popleft()
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+                future.set_exception(exc)

@@ -18,24 +18,49 @@ import time
 
 import trio
 
+from ..store.direct_io import PIECE_SIZE, PIECES
+
 #: longest a worker thread works on a socket before reporting back to the loop
 SLICE = 0.25
 SENDFILE_MAX_CALL = 8 << 20
+#: most bytes received in one worker-thread hop, in pieces of PIECE_SIZE
+RECEIVE_HOP = 4 * PIECE_SIZE
 _TIMEOUT = struct.pack("ll", 0, int(SLICE * 1e6))
 
 
-async def receive_piece(sock: trio.socket.SocketType, size: int) -> bytes | bytearray:
-    """Up to *size* bytes: what arrives within a slice once something has (b"" at the
-    peer's end of stream). A slice that brings nothing is repeated, so an idle peer is
-    cut only by the caller's own timeout (a cancellation, seen between slices)."""
+def piece_sizes(offset: int, remaining: int) -> list[int]:
+    """Sizes of the next pieces of a body from *offset* on, RECEIVE_HOP // PIECE_SIZE
+    pieces at most: each ends on a PIECE_SIZE boundary of the body (or at its end),
+    whatever came before them (with the request head, say), so that the store can write
+    them straight to disk (O_DIRECT)."""
+    sizes = []
+    while remaining > 0 and len(sizes) < RECEIVE_HOP // PIECE_SIZE:
+        size = min(remaining, PIECE_SIZE - offset % PIECE_SIZE)
+        sizes.append(size)
+        offset += size
+        remaining -= size
+    return sizes
+
+
+async def receive_pieces(sock: trio.socket.SocketType, sizes: list[int]) -> list[memoryview]:
+    """Pieces of up to the given *sizes*, filled in order by one worker thread with what
+    arrives within a slice once something has; [] at the peer's end of stream. A slice
+    that brings nothing is repeated, so an idle peer is cut only by the caller's own
+    timeout (a cancellation, seen between slices). Pieces are page-aligned memory from
+    the store's pool, so that the store can write them with O_DIRECT; several per hop
+    spare the event loop a wake-up per piece."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEOUT)
-    piece = bytearray(size)
+    pieces = [PIECES.take(size) for size in sizes]
     got = 0
     while got == 0:
-        got = await trio.to_thread.run_sync(_receive_slice, sock.fileno(), piece)
-    if got < 0:
-        return b""
-    return piece if got == size else piece[:got]
+        got = await trio.to_thread.run_sync(_receive_slice, sock.fileno(), pieces)
+    filled: list[memoryview] = []
+    for piece in pieces:
+        if got <= 0:
+            break
+        filled.append(piece if got >= len(piece) else piece[:got])
+        got -= len(piece)
+    return filled
 
 
 async def sendfile(sock: trio.socket.SocketType, fd: int, count: int, *, stall_timeout: float) -> None:
@@ -81,15 +106,18 @@ def _sendfile_slice(sockfd: int, fd: int, offset: int, count: int) -> int:
     return sent
 
 
-def _receive_slice(sockfd: int, piece: bytearray) -> int:
-    """Fill *piece* for up to SLICE seconds; the bytes received, or -1 at the peer's end
-    of stream (or reset) with nothing received."""
+def _receive_slice(sockfd: int, pieces: list[memoryview]) -> int:
+    """Fill *pieces* in order for up to SLICE seconds; the bytes received, or -1 at the
+    peer's end of stream (or reset) with nothing received."""
     deadline = time.monotonic() + SLICE
+    total = sum(len(piece) for piece in pieces)
     got = 0
-    with _Blocking(sockfd), memoryview(piece) as view:
-        while got < len(piece) and time.monotonic() < deadline:
+    first = 0  # the piece being filled, and how much of it is
+    done = 0
+    with _Blocking(sockfd):
+        while got < total and time.monotonic() < deadline:
             try:
-                n = os.readv(sockfd, [view[got:]])
+                n = os.readv(sockfd, [pieces[first][done:], *pieces[first + 1 :]])
             except (BlockingIOError, InterruptedError):
                 break  # the receive timeout passed: nothing more for now
             except (ConnectionResetError, BrokenPipeError):
@@ -97,4 +125,8 @@ def _receive_slice(sockfd: int, piece: bytearray) -> int:
             if n == 0:
                 return got or -1
             got += n
+            done += n
+            while first < len(pieces) and done >= len(pieces[first]):
+                done -= len(pieces[first])
+                first += 1
     return got

@@ -22,9 +22,8 @@ from .http1 import CONTINUE, MAX_HEAD_BYTES, RequestHead
 
 #: largest single receive of a request body
 RECEIVE_BYTES = 256 * 1024
-#: a body at least this large is received by worker threads, BULK_PIECE bytes per hop
+#: a body at least this large is received by worker threads (bulk.py)
 BULK_BODY = 4 << 20
-BULK_PIECE = 1 << 20
 #: a client that accepts no byte of an answer for this long is dropped
 SEND_STALL_TIMEOUT = 120.0
 
@@ -51,14 +50,15 @@ class Connection:
             return data
         return await self._recv(max_bytes)
 
-    async def receive_piece(self, size: int) -> bytes | bytearray:
-        """Up to *size* bytes received by a worker thread (see bulk.py); b"" at the end."""
+    async def receive_pieces(self, sizes: list[int]) -> list[memoryview]:
+        """Pieces of up to *sizes* bytes received by a worker thread (see bulk.py);
+        [] at the end."""
         if self.eof:
-            return b""
-        piece = await bulk.receive_piece(self.socket, size)
-        if not piece:
+            return []
+        pieces = await bulk.receive_pieces(self.socket, sizes)
+        if not pieces:
             self.eof = True
-        return piece
+        return pieces
 
     async def _recv(self, max_bytes: int) -> bytes:
         if self.eof:
@@ -142,18 +142,21 @@ class FrontRequest(BodyReader):
         if self._continue_due and not self.connection.buffer:
             self._continue_due = False
             await self.connection.send(CONTINUE)
-        bulk = self.remaining >= BULK_BODY
+        in_bulk = self.remaining >= BULK_BODY
         while self.remaining > 0:
-            if bulk and not self.connection.buffer:
-                chunk = await self.connection.receive_piece(min(self.remaining, BULK_PIECE))
+            if in_bulk and not self.connection.buffer:
+                received = self.head.content_length - self.remaining
+                chunks = await self.connection.receive_pieces(bulk.piece_sizes(received, self.remaining))
             else:
                 chunk = await self.connection.receive(min(self.remaining, RECEIVE_BYTES))
-            if not chunk:
+                chunks = [chunk] if chunk else []
+            if not chunks:
                 raise ClientGone("the client disconnected during the upload")
-            self.remaining -= len(chunk)
-            if self.remaining == 0:
-                self.body_complete = True
-            yield chunk
+            for chunk in chunks:
+                self.remaining -= len(chunk)
+                if self.remaining == 0:
+                    self.body_complete = True
+                yield chunk
 
     async def read_json(self, limits: BodyLimits) -> Any:
         buffer = self.connection.buffer

@@ -1,0 +1,233 @@
+"""Large uploads go from page-aligned receive buffers straight to the disk (O_DIRECT).
+
+The pool hands out aligned buffers and reuses one only when nothing refers to it any
+more; pieces that qualify are written directly, the others (first bytes, odd tails)
+through the page cache, and the result is the same file either way, verified as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from node.errors import ChecksumMismatch, StoreFull
+from node.store import direct_io, writer
+from node.store.buffers import BufferStore
+from node.store.direct_io import ALIGN, AlignedPool, DirectSupport, aligned_buffer, qualifies
+from node.store.writer import SerialLane
+
+MiB = 1 << 20
+
+
+def address(view: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+def test_aligned_buffers_start_on_a_page():
+    for size in (1, 4096, MiB + 17):
+        view = aligned_buffer(size)
+        assert len(view) == size and address(view) % ALIGN == 0
+
+
+def test_pool_reuses_a_buffer_only_once_nothing_refers_to_it():
+    pool = AlignedPool(MiB, keep=4)
+    first = pool.take()
+    assert len(first) == MiB and address(first) % ALIGN == 0
+    first_address = address(first)
+    piece = first[:1000]  # a slice handed on (to a writer thread, say) keeps it busy
+    del first
+    second = pool.take()
+    assert address(second) != first_address
+    assert pool.in_use() == 2
+    del piece
+    third = pool.take(4096)  # now free again: the same memory comes back
+    assert address(third) == first_address and len(third) == 4096
+    del second, third
+    assert pool.in_use() == 0
+
+
+def test_pool_makes_transient_buffers_when_all_are_busy():
+    pool = AlignedPool(MiB, keep=2)
+    held = [pool.take() for _ in range(2)]
+    extra = pool.take()
+    assert address(extra) % ALIGN == 0 and len(extra) == MiB
+    assert len(pool._buffers) == 2  # not pooled
+    big = pool.take(3 * MiB)  # larger than the pool's buffers: a transient one too
+    assert len(big) == 3 * MiB and address(big) % ALIGN == 0
+    del held
+
+
+def test_what_qualifies_for_a_direct_write():
+    view = aligned_buffer(2 * ALIGN)
+    assert qualifies(view, 0) and qualifies(view, 5 * ALIGN)
+    assert not qualifies(view, 100)  # offset off the boundary
+    assert not qualifies(view[: ALIGN + 1], 0)  # length off the boundary
+    assert not qualifies(view[1 : ALIGN + 1], 0)  # address off the boundary
+    assert not qualifies(bytes(view), 0)  # read-only memory: address unknown
+    assert not qualifies(view[:0], 0)
+
+
+def test_serial_lane_keeps_order_and_hands_on_errors():
+    seen: list[int] = []
+    lane = SerialLane(writer._HASHERS)
+    futures = [lane.submit(seen.append, i) for i in range(200)]
+    for future in futures:
+        future.result()
+    assert seen == list(range(200))
+
+    def fail() -> None:
+        raise ValueError("boom")
+
+    failed = lane.submit(fail)
+    after = lane.submit(seen.append, 200)
+    with pytest.raises(ValueError, match="boom"):
+        failed.result()
+    after.result()  # a failure does not stop the lane
+    assert seen[-1] == 200
+
+
+def count_direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Spy on the real direct writes (they still happen): the offsets written."""
+    offsets: list[int] = []
+    real = writer.write_direct
+
+    def spy(fd, data, offset, support):
+        done = real(fd, data, offset, support)
+        if done:
+            offsets.append(offset)
+        return done
+
+    monkeypatch.setattr(writer, "write_direct", spy)
+    return offsets
+
+
+def pieces_as_received(data: bytes, head_bytes: int) -> list[bytes | memoryview]:
+    """*data* cut as the front receives it: some bytes with the head, then pool pieces
+    ending on 1 MiB boundaries, the last one short."""
+    from node.web.bulk import piece_sizes
+
+    pieces: list[bytes | memoryview] = [data[:head_bytes]]
+    offset = head_bytes
+    while offset < len(data):
+        for size in piece_sizes(offset, len(data) - offset):
+            piece = direct_io.PIECES.take(size)
+            piece[:] = data[offset : offset + size]
+            pieces.append(piece)
+            offset += size
+    return pieces
+
+
+def test_large_upload_is_written_directly_and_reads_back(tmp_path, monkeypatch):
+    direct = count_direct_writes(monkeypatch)
+    store = BufferStore(tmp_path / "store")
+    store.open()
+    data = os.urandom(9 * MiB + 12345)
+    checksum = hashlib.sha256(data).hexdigest()
+    pending = store.begin_write(checksum, None, len(data))
+    for piece in pieces_as_received(data, head_bytes=1000):
+        pending.feed(piece)
+    assert store.finish_write(pending)
+    assert store.read(checksum) == data
+    # the first piece (with the head's bytes) and the odd tail went through the page
+    # cache; the whole mebibytes between them straight to the disk
+    assert sorted(direct) == [i * MiB for i in range(1, 9)]
+    assert os.listdir(store.tmp_dir) == []
+
+
+def test_wrong_bytes_written_directly_are_refused_and_leave_nothing(tmp_path, monkeypatch):
+    direct = count_direct_writes(monkeypatch)
+    store = BufferStore(tmp_path / "store")
+    store.open()
+    data = bytearray(os.urandom(8 * MiB))
+    checksum = hashlib.sha256(data).hexdigest()
+    data[5 * MiB] ^= 1
+    pending = store.begin_write(checksum, None, len(data))
+    for piece in pieces_as_received(bytes(data), head_bytes=0):
+        pending.feed(piece)
+    with pytest.raises(ChecksumMismatch):
+        store.finish_write(pending)
+    assert direct  # the bytes did go to the disk directly...
+    assert not store.has_many([checksum])[0]  # ...and never under the buffer's name
+    assert os.listdir(store.tmp_dir) == []
+
+
+def test_small_compressed_or_disabled_uploads_are_buffered(tmp_path, monkeypatch):
+    direct = count_direct_writes(monkeypatch)
+    data = os.urandom(6 * MiB)
+    checksum = hashlib.sha256(data).hexdigest()
+    for store_dir, direct_io_on, expected_size in (
+        ("off", False, len(data)),  # buffers.direct_io = false
+        ("unknown-size", True, None),  # size not announced: may be small
+    ):
+        store = BufferStore(tmp_path / store_dir, direct_io=direct_io_on)
+        store.open()
+        pending = store.begin_write(checksum, None, expected_size)
+        for piece in pieces_as_received(data, head_bytes=0):
+            pending.feed(piece)
+        assert store.finish_write(pending)
+        assert store.read(checksum) == data
+    assert direct == []
+
+
+def test_a_refusing_filesystem_is_remembered(tmp_path, monkeypatch):
+    direct = count_direct_writes(monkeypatch)
+    store = BufferStore(tmp_path / "store")
+    store.open()
+    store.direct_io.refused("test: this filesystem takes no O_DIRECT")
+    assert store.direct_io.open(str(tmp_path / "x")) is None
+    data = os.urandom(5 * MiB)
+    checksum = hashlib.sha256(data).hexdigest()
+    pending = store.begin_write(checksum, None, len(data))
+    for piece in pieces_as_received(data, head_bytes=0):
+        pending.feed(piece)
+    assert store.finish_write(pending)
+    assert store.read(checksum) == data and direct == []
+
+
+def test_direct_support_follows_the_setting():
+    assert DirectSupport(True).usable == bool(getattr(os, "O_DIRECT", 0))
+    assert not DirectSupport(False).usable
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    yield mnt
+    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_filling_up_during_direct_writes_is_store_full(small_disk, monkeypatch):
+    direct = count_direct_writes(monkeypatch)
+    store = BufferStore(small_disk / "store")
+    store.open()
+    data = os.urandom(8 * MiB)
+    checksum = hashlib.sha256(data).hexdigest()
+    pending = store.begin_write(checksum, None, len(data))  # room for it now...
+    (small_disk / "filler").write_bytes(b"\0" * (6 * MiB))  # ...taken by someone else
+    with pytest.raises(StoreFull):
+        for piece in pieces_as_received(data, head_bytes=0):
+            pending.feed(piece)
+        store.finish_write(pending)
+    pending.abort()
+    assert direct  # some pieces were written directly before the disk was full
+    assert not store.has_many([checksum])[0]
+    assert os.listdir(store.tmp_dir) == []
+    # with the space back, the same upload succeeds
+    (small_disk / "filler").unlink()
+    pending = store.begin_write(checksum, None, len(data))
+    for piece in pieces_as_received(data, head_bytes=0):
+        pending.feed(piece)
+    assert store.finish_write(pending)
+    assert store.read(checksum) == data
