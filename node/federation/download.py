@@ -3,8 +3,9 @@
 httpx reads a response body in 64 KiB pieces through anyio, which caps a download at
 about 500 MB/s here, and h11's own body decoding re-buffers every byte (about 700 MB/s of
 one core). This client lets h11 write the request and parse the response head, then reads
-a Content-Length body straight from the socket (received by worker threads into 1 MiB
-pieces, see web/bulk.py; from a TLS stream by the loop), never past the announced length,
+a Content-Length body straight from the socket (received by worker threads into
+page-aligned pieces, see web/bulk.py; from a TLS stream by the loop), never past the
+announced length,
 and reads ahead: the next piece is received while the
 store hashes and writes the previous one in its worker thread. Other bodies (chunked, or
 up to the end of the connection) are decoded by h11. One connection per download, closed

@@ -214,7 +214,7 @@ class PeerClient:
     async def download(
         self, peer: str, target: str, *, time_limit: float | None = None
     ) -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
-        """A signed GET whose (large) answer streams in 1 MiB pieces (see download.py).
+        """A signed GET whose (large) answer streams in pieces (see download.py).
 
         Yields the answer's headers (lowercase names) and its raw body; PeerRefused for
         any status but 2xx, PeerUnreachable when no URL answers with a response head."""

@@ -33,7 +33,7 @@ ALIGN = 4096
 #: uploads smaller than this are written through the page cache
 DIRECT_MIN_SIZE = 4 << 20
 #: size of the pooled receive buffers
-PIECE_SIZE = 1 << 20
+PIECE_SIZE = 2 << 20
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
@@ -56,7 +56,7 @@ class AlignedPool:
     caller has to give anything back. Up to *keep* buffers are pooled; when all are in use,
     a transient one is made."""
 
-    def __init__(self, size: int = PIECE_SIZE, keep: int = 32) -> None:
+    def __init__(self, size: int = PIECE_SIZE, keep: int = 16) -> None:
         self.size = size
         self.keep = keep
         self._buffers: list[mmap.mmap] = []

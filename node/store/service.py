@@ -3,7 +3,8 @@
 Every ingress path (the buffer server's PUT, peer fetches, download indexes, job outputs)
 calls ``put_stream`` or ``put_bytes``; every egress path calls ``get``. Blocking work runs in
 worker threads, one hop per logical operation (a small buffer is written or read whole in a
-single hop; a large one in hops of about 1 MiB), under a CapacityLimiter so that a burst of
+single hop; a large one is read in hops of about 1 MiB, and written through the store's
+hashing and writing threads, see writer.py), under a CapacityLimiter so that a burst of
 requests cannot start unbounded threads.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import AsyncIterable, AsyncIterator, Callable, TypeVar
 
@@ -27,7 +29,7 @@ log = logging.getLogger("seamless_node.store")
 T = TypeVar("T")
 
 #: pieces of an upload waiting for the writer thread (bounds memory per upload)
-WRITE_QUEUE = 2
+WRITE_QUEUE = 1
 #: Buffers up to this size are read whole, verified, and sent with a definite answer.
 SMALL_READ = 4 * CHUNK
 
@@ -224,8 +226,10 @@ class BufferService:
         encoding: str | None,
         expected_size: int | None,
     ) -> bool:
-        """Receive and write at once: pieces of about CHUNK bytes are hashed and written in
-        a worker thread while the next ones arrive (at most WRITE_QUEUE pieces wait)."""
+        """Receive and write at once: pieces of CHUNK bytes or more are hashed and written
+        by worker threads while the next ones arrive (at most WRITE_QUEUE pieces wait
+        here, and PendingWrite bounds those in flight). Large plain pieces are handed over
+        from the event loop itself; others (compressed bodies) in a thread hop each."""
         iterator = chunks.__aiter__()
         first = await _gather_piece(iterator)
         if first is None or len(first) < CHUNK:
@@ -241,10 +245,12 @@ class BufferService:
                 async def write_pieces() -> None:
                     try:
                         async for piece in receive:
-                            if pending.feeds_at_once(piece):
-                                pending.feed(piece)  # hands it to the hashing and writing threads
-                            else:
+                            if not pending.pipelined(piece):
                                 await self.run_sync(pending.feed, piece)
+                                continue
+                            while (busy := pending.busy()) is not None:
+                                await _completion(busy)
+                            pending.feed(piece)  # hands it to the hashing and writing threads
                     except Exception as exc:
                         failure.append(exc)
                         nursery.cancel_scope.cancel()
@@ -268,6 +274,23 @@ class BufferService:
             if not done:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(pending.abort)
+
+
+async def _completion(future: Future[object]) -> None:
+    """Wait until *future* (work in a worker thread) is done, without a thread of our own."""
+    if future.done():
+        return
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+
+    def wake(_: Future[object]) -> None:
+        try:
+            token.run_sync_soon(done.set)
+        except trio.RunFinishedError:
+            pass  # the node is shutting down; nobody waits any more
+
+    future.add_done_callback(wake)
+    await done.wait()
 
 
 async def _gather_piece(iterator: AsyncIterator[bytes]) -> bytes | None:

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from ..checksum import new_hasher
 from ..errors import BufferTooLarge, ChecksumMismatch, StoreError, StoreFull
 from .compression import Decompressor
-from .direct_io import DIRECT_MIN_SIZE, DirectSupport, qualifies, write_direct
+from .direct_io import ALIGN, DIRECT_MIN_SIZE, DirectSupport, qualifies, write_direct
 from .layout import BufferLocation
 from .writeback import WRITEBACK_STEP, start_writeback
 
@@ -41,7 +41,7 @@ log = logging.getLogger("seamless_node.store")
 #: goes on receiving; smaller ones in the caller's thread (after those before them)
 PARALLEL_MIN = 256 * 1024
 #: pieces of one upload being hashed or written at once, at most (bounds memory)
-MAX_IN_FLIGHT = 4
+MAX_IN_FLIGHT = 2
 _HASHERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seamless-node-hash")
 _WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="seamless-node-write")
 
@@ -131,19 +131,24 @@ class PendingWrite:
         the page cache (starting write-back now and then, see writeback.py)."""
         assert self._fd is not None
         try:
-            if self._direct_fd is not None and qualifies(piece, offset):
-                assert self._direct is not None
-                if write_direct(self._direct_fd, memoryview(piece), offset, self._direct):
-                    return
             view = memoryview(piece)
+            if self._direct_fd is not None:
+                # the aligned part of the piece (all of it but for an odd tail) goes direct
+                direct = view[: len(view) - len(view) % ALIGN]
+                if qualifies(direct, offset):
+                    assert self._direct is not None
+                    if write_direct(self._direct_fd, direct, offset, self._direct):
+                        view = view[len(direct) :]
+                        offset += len(direct)
+            buffered = len(view)
             while view:
                 written = os.pwrite(self._fd, view, offset)
                 view = view[written:]
                 offset += written
         except OSError as exc:
             raise_for_oserror(exc, "writing a buffer")
-        if self.fsync:
-            self._start_writeback(offset - len(piece), len(piece))
+        if self.fsync and buffered:
+            self._start_writeback(offset - buffered, buffered)
 
     def _start_writeback(self, offset: int, size: int) -> None:
         # approximate accounting across writer threads is fine: this only moves work earlier
@@ -165,14 +170,20 @@ class PendingWrite:
         if failure is not None:
             raise failure
 
-    def feeds_at_once(self, chunk: bytes | memoryview) -> bool:
-        """Whether ``feed(chunk)`` only hands the chunk to worker threads, without
-        blocking (so that an event loop may call it directly)."""
-        return (
-            self._decompressor is None
-            and len(chunk) >= PARALLEL_MIN
-            and len(self._in_flight) < 2 * MAX_IN_FLIGHT
-        )
+    def pipelined(self, chunk: bytes | memoryview) -> bool:
+        """Whether ``feed(chunk)`` only hands the chunk to worker threads (a large plain
+        piece), blocking at most until ``busy()`` is None."""
+        return self._decompressor is None and len(chunk) >= PARALLEL_MIN
+
+    def busy(self) -> Future[object] | None:
+        """While MAX_IN_FLIGHT pieces are in flight: the oldest one's work, which a
+        caller that must not block (an event loop) can wait for before feeding more."""
+        in_flight = self._in_flight
+        while in_flight and in_flight[0].done() and in_flight[0].exception() is None:
+            in_flight.popleft()
+        if len(in_flight) < 2 * MAX_IN_FLIGHT or in_flight[0].done():
+            return None  # room (or a failure, which the next feed raises)
+        return in_flight[0]
 
     def feed(self, chunk: bytes | memoryview) -> None:
         """Hash and write one chunk of the body, as received."""

@@ -2,7 +2,8 @@
 
 Large bodies are where per-piece work on the event loop costs most: a wake-up, a receive
 of whatever arrived (often 64 KiB) and a copy to join the pieces again. Here a worker
-thread receives straight into one new 1 MiB buffer, or sends a file with ``sendfile(2)``,
+thread receives straight into page-aligned pieces of the store's pool (two of 2 MiB per
+hop, see ``receive_pieces``), or sends a file with ``sendfile(2)``,
 with the socket switched to blocking and a kernel send/receive timeout of SLICE seconds,
 for at most SLICE seconds per hop: the loop stays free, cancellation and the callers'
 limits are seen between slices, and no thread outlives its hop (so none can touch a socket
@@ -24,7 +25,7 @@ from ..store.direct_io import PIECE_SIZE, PIECES
 SLICE = 0.25
 SENDFILE_MAX_CALL = 8 << 20
 #: most bytes received in one worker-thread hop, in pieces of PIECE_SIZE
-RECEIVE_HOP = 4 * PIECE_SIZE
+RECEIVE_HOP = 2 * PIECE_SIZE
 _TIMEOUT = struct.pack("ll", 0, int(SLICE * 1e6))
 
 

@@ -18,7 +18,7 @@ import pytest
 from node.errors import ChecksumMismatch, StoreFull
 from node.store import direct_io, writer
 from node.store.buffers import BufferStore
-from node.store.direct_io import ALIGN, AlignedPool, DirectSupport, aligned_buffer, qualifies
+from node.store.direct_io import ALIGN, PIECE_SIZE, AlignedPool, DirectSupport, aligned_buffer, qualifies
 from node.store.writer import SerialLane
 
 MiB = 1 << 20
@@ -108,7 +108,7 @@ def count_direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def pieces_as_received(data: bytes, head_bytes: int) -> list[bytes | memoryview]:
     """*data* cut as the front receives it: some bytes with the head, then pool pieces
-    ending on 1 MiB boundaries, the last one short."""
+    ending on PIECE_SIZE boundaries, the last one short."""
     from node.web.bulk import piece_sizes
 
     pieces: list[bytes | memoryview] = [data[:head_bytes]]
@@ -126,16 +126,16 @@ def test_large_upload_is_written_directly_and_reads_back(tmp_path, monkeypatch):
     direct = count_direct_writes(monkeypatch)
     store = BufferStore(tmp_path / "store")
     store.open()
-    data = os.urandom(9 * MiB + 12345)
+    data = os.urandom(4 * PIECE_SIZE + PIECE_SIZE // 2 + 12345)
     checksum = hashlib.sha256(data).hexdigest()
     pending = store.begin_write(checksum, None, len(data))
     for piece in pieces_as_received(data, head_bytes=1000):
         pending.feed(piece)
     assert store.finish_write(pending)
     assert store.read(checksum) == data
-    # the first piece (with the head's bytes) and the odd tail went through the page
-    # cache; the whole mebibytes between them straight to the disk
-    assert sorted(direct) == [i * MiB for i in range(1, 9)]
+    # the first piece (with the head's bytes) and the last 12345 % 4096 bytes went
+    # through the page cache; everything between them straight to the disk
+    assert sorted(direct) == [i * PIECE_SIZE for i in range(1, 5)]
     assert os.listdir(store.tmp_dir) == []
 
 
@@ -231,3 +231,38 @@ def test_disk_filling_up_during_direct_writes_is_store_full(small_disk, monkeypa
         pending.feed(piece)
     assert store.finish_write(pending)
     assert store.read(checksum) == data
+
+
+async def test_a_full_disk_ends_a_pipelined_upload_through_the_service(small_disk):
+    """The event loop hands pieces over without blocking and waits for busy ones by a
+    callback: a failure in a writer thread still ends the upload, with nothing left."""
+    import trio
+
+    from node.store.service import BufferService
+
+    service = BufferService(BufferStore(small_disk / "store"))
+    data = os.urandom(16 * MiB)  # the disk has 12 MiB
+    checksum = hashlib.sha256(data).hexdigest()
+
+    async def body():
+        for piece in pieces_as_received(data, head_bytes=0):
+            yield piece
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        await service.open(nursery)
+        with pytest.raises(StoreFull):
+            await service.put_stream(checksum, body(), expected_size=8 * MiB)  # fits, it says
+        assert os.listdir(service.store.tmp_dir) == []
+        assert not (await service.has([checksum]))[0]
+        smaller = data[: 9 * MiB]
+        outcome = await service.put_stream(
+            hashlib.sha256(smaller).hexdigest(), body_of(smaller), expected_size=len(smaller)
+        )
+        assert outcome.value == "created"
+        nursery.cancel_scope.cancel()
+
+
+async def body_of(data: bytes):
+    for piece in pieces_as_received(data, head_bytes=0):
+        yield piece

@@ -1,5 +1,5 @@
-"""Bulk receiving: worker threads fill page-aligned pieces that end on 1 MiB boundaries of
-the body, however the bytes arrive."""
+"""Bulk receiving: worker threads fill page-aligned pieces that end on PIECE_SIZE
+boundaries of the body, however the bytes arrive."""
 
 from __future__ import annotations
 
@@ -60,10 +60,11 @@ async def test_receive_pieces_fills_aligned_pieces_whatever_the_sends():
     b.close()
     assert b"".join(received) == data[head:]
     # pieces cut short (the bytes that had arrived when a slice ended) are allowed, but
-    # every piece that ends inside the body ends where it was asked to: full pieces
-    # from the first boundary on are whole mebibytes
+    # the receiver always asks for pieces up to the next boundary, so every boundary in
+    # the body is where one piece ends and the next begins
     offsets = [head]
     for piece in received:
         offsets.append(offsets[-1] + len(piece))
     assert offsets[-1] == len(data)
-    assert MiB in offsets and 5 * MiB in offsets
+    boundaries = range(PIECE_SIZE, len(data), PIECE_SIZE)
+    assert boundaries and all(boundary in offsets for boundary in boundaries)
