@@ -124,7 +124,8 @@ class PendingWrite:
             self._in_flight.append(self._hashing.submit(self._hasher.update, piece))
             self._in_flight.append(self._writing.submit(self._write_at, piece, offset))
         else:
-            self._hashing.submit(self._hasher.update, piece).result()  # after earlier pieces
+            self._settle()  # earlier pieces first (there are rarely any)
+            self._hasher.update(piece)
             self._write_at(piece, offset)
 
 
