@@ -83,7 +83,7 @@ class BufferStore:
         fsync: bool = True,
         reserve_free_bytes: int = 0,
         verified_ttl: float = 0.0,
-        direct_io: bool = True,
+        direct_io: bool = False,
     ) -> None:
         #: whether large uploads may be written with O_DIRECT (see direct_io.py)
         self.direct_io = DirectSupport(direct_io)

@@ -124,7 +124,7 @@ def pieces_as_received(data: bytes, head_bytes: int) -> list[bytes | memoryview]
 
 def test_large_upload_is_written_directly_and_reads_back(tmp_path, monkeypatch):
     direct = count_direct_writes(monkeypatch)
-    store = BufferStore(tmp_path / "store")
+    store = BufferStore(tmp_path / "store", direct_io=True)
     store.open()
     data = os.urandom(4 * PIECE_SIZE + PIECE_SIZE // 2 + 12345)
     checksum = hashlib.sha256(data).hexdigest()
@@ -141,7 +141,7 @@ def test_large_upload_is_written_directly_and_reads_back(tmp_path, monkeypatch):
 
 def test_wrong_bytes_written_directly_are_refused_and_leave_nothing(tmp_path, monkeypatch):
     direct = count_direct_writes(monkeypatch)
-    store = BufferStore(tmp_path / "store")
+    store = BufferStore(tmp_path / "store", direct_io=True)
     store.open()
     data = bytearray(os.urandom(8 * MiB))
     checksum = hashlib.sha256(data).hexdigest()
@@ -176,7 +176,7 @@ def test_small_compressed_or_disabled_uploads_are_buffered(tmp_path, monkeypatch
 
 def test_a_refusing_filesystem_is_remembered(tmp_path, monkeypatch):
     direct = count_direct_writes(monkeypatch)
-    store = BufferStore(tmp_path / "store")
+    store = BufferStore(tmp_path / "store", direct_io=True)
     store.open()
     store.direct_io.refused("test: this filesystem takes no O_DIRECT")
     assert store.direct_io.open(str(tmp_path / "x")) is None
@@ -210,7 +210,7 @@ def small_disk(tmp_path: Path):
 
 def test_disk_filling_up_during_direct_writes_is_store_full(small_disk, monkeypatch):
     direct = count_direct_writes(monkeypatch)
-    store = BufferStore(small_disk / "store")
+    store = BufferStore(small_disk / "store", direct_io=True)
     store.open()
     data = os.urandom(8 * MiB)
     checksum = hashlib.sha256(data).hexdigest()
@@ -240,7 +240,7 @@ async def test_a_full_disk_ends_a_pipelined_upload_through_the_service(small_dis
 
     from node.store.service import BufferService
 
-    service = BufferService(BufferStore(small_disk / "store"))
+    service = BufferService(BufferStore(small_disk / "store", direct_io=True))
     data = os.urandom(16 * MiB)  # the disk has 12 MiB
     checksum = hashlib.sha256(data).hexdigest()
 
@@ -266,3 +266,25 @@ async def test_a_full_disk_ends_a_pipelined_upload_through_the_service(small_dis
 async def body_of(data: bytes):
     for piece in pieces_as_received(data, head_bytes=0):
         yield piece
+
+
+def test_writes_through_the_page_cache_go_in_calls_of_at_most_1_mib(tmp_path, monkeypatch):
+    """2 MiB page-cache writes fell into spells of 10x the kernel CPU (writer.py)."""
+    sizes: list[int] = []
+    real = os.pwrite
+
+    def spy(fd, data, offset):
+        sizes.append(len(data))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(writer.os, "pwrite", spy)
+    store = BufferStore(tmp_path / "store")  # direct_io off: the default
+    store.open()
+    data = os.urandom(3 * PIECE_SIZE + 5)
+    checksum = hashlib.sha256(data).hexdigest()
+    pending = store.begin_write(checksum, None, len(data))
+    for piece in pieces_as_received(data, head_bytes=0):
+        pending.feed(piece)
+    assert store.finish_write(pending)
+    assert store.read(checksum) == data
+    assert sum(sizes) == len(data) and max(sizes) <= writer.BUFFERED_WRITE_MAX
