@@ -62,7 +62,7 @@ def build_node(config: NodeConfig) -> Node:
         fsync=cfg.fsync,
         reserve_free_bytes=cfg.reserve_free_bytes,
         verified_ttl=float(cfg.verified_ttl),
-        direct_io=cfg.direct_io,
+        direct_io_min_size=int(cfg.direct_io_min_size) if cfg.direct_io else None,
     )
     metrics = Metrics()
     service = BufferService(store, threads=cfg.threads, promise_ttl=cfg.promise_ttl)

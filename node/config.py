@@ -128,11 +128,13 @@ class BuffersSection:
     threads: int = 8
     #: fsync each buffer and its directory before acknowledging (off only for scratch stores)
     fsync: bool = True
-    #: write large uploads (4 MiB and more) with O_DIRECT, from the receive buffer straight
-    #: to the disk, where the filesystem allows: about 10% less CPU and no page cache
-    #: taken, but the first read of such a buffer comes from the disk (off: through the
-    #: page cache, as fast here, and a buffer just uploaded is read from memory)
-    direct_io: bool = False
+    #: write uploads of direct_io_min_size or more with O_DIRECT, from the receive buffer
+    #: straight to the disk, where the filesystem allows (smaller ones go through the page
+    #: cache, which keeps a new buffer in memory for the reads that often follow)
+    direct_io: bool = True
+    #: the smallest upload written with O_DIRECT (at least 4 MiB): large uploads through
+    #: the page cache pile up dirty pages faster than the disk takes them
+    direct_io_min_size: Size = Size(256 * 1024**2)
     #: a large buffer the node hashed itself (on upload, or whole on an earlier read) is
     #: served again without re-hashing, straight from the file, for this many seconds as
     #: long as the file is unchanged (device, inode, size, mtime, ctime); 0 = re-hash

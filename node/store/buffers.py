@@ -83,10 +83,10 @@ class BufferStore:
         fsync: bool = True,
         reserve_free_bytes: int = 0,
         verified_ttl: float = 0.0,
-        direct_io: bool = False,
+        direct_io_min_size: int | None = None,
     ) -> None:
-        #: whether large uploads may be written with O_DIRECT (see direct_io.py)
-        self.direct_io = DirectSupport(direct_io)
+        #: which uploads are written with O_DIRECT (see direct_io.py); None: none
+        self.direct_io = DirectSupport(direct_io_min_size)
         #: recently verified files, read again without re-hashing (see verified.py)
         self.verified = VerifiedFiles(verified_ttl)
         self.directory = os.path.abspath(os.fspath(directory))

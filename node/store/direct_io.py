@@ -1,11 +1,14 @@
 """Writing large buffers with ``O_DIRECT``: from the receive buffer straight to the disk.
 
 A buffered write copies every byte into the page cache, and the fsync before the rename
-waits for whatever write-back has not finished. With ``O_DIRECT`` (``buffers.direct_io``)
-the disk reads the bytes from the receive buffer itself, while the next pieces arrive and
-are hashed, and the final fsync has only metadata left: about 10% less CPU per upload and
-no page cache taken by write-once data, but the first read of such a buffer comes from
-the disk. Measured here, both reach the same upload speed, so it is off by default.
+waits for whatever write-back has not finished. With ``O_DIRECT`` the disk reads the
+bytes from the receive buffer itself, while the next pieces arrive and are hashed, and the
+final fsync has only metadata left: about 10% less CPU per upload and no page cache taken
+by write-once data, but the first read of such a buffer comes from the disk. Measured
+here: up to 256 MiB both reach the same upload speed (and the page cache keeps a new
+buffer in memory for the reads that often follow); a 512 MiB upload went 1.5x faster
+direct, and eight concurrent ones 2.4x, as dirty pages piled up faster than write-back.
+So uploads of ``buffers.direct_io_min_size`` (256 MiB) or more are written direct.
 The receive buffers are page-aligned either way (``PIECES``): a pool is cheaper than
 fresh memory.
 
@@ -33,7 +36,7 @@ import threading
 log = logging.getLogger("seamless_node.store")
 
 ALIGN = 4096
-#: uploads smaller than this are written through the page cache
+#: uploads smaller than this are always written through the page cache
 DIRECT_MIN_SIZE = 4 << 20
 #: size of the pooled receive buffers
 PIECE_SIZE = 2 << 20
@@ -115,10 +118,21 @@ def qualifies(data: bytes | bytearray | memoryview, offset: int) -> bool:
 
 
 class DirectSupport:
-    """Whether the store's filesystem takes O_DIRECT writes (learnt on the first try)."""
+    """Which uploads are written direct: those of *min_size* bytes or more (None: none),
+    as long as the store's filesystem takes O_DIRECT writes (learnt on the first try)."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.usable = enabled and bool(_O_DIRECT)
+    def __init__(self, min_size: int | None) -> None:
+        self.min_size = max(min_size, DIRECT_MIN_SIZE) if min_size is not None else None
+        self.usable = min_size is not None and bool(_O_DIRECT)
+
+    def applies(self, expected_size: int | None) -> bool:
+        """Whether an upload announced as *expected_size* bytes is written direct."""
+        return (
+            self.usable
+            and self.min_size is not None
+            and expected_size is not None
+            and expected_size >= self.min_size
+        )
 
     def open(self, path: str) -> int | None:
         """A second, direct descriptor of the temp file at *path*, or None."""

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from ..checksum import new_hasher
 from ..errors import BufferTooLarge, ChecksumMismatch, StoreError, StoreFull
 from .compression import Decompressor
-from .direct_io import ALIGN, DIRECT_MIN_SIZE, DirectSupport, qualifies, write_direct
+from .direct_io import ALIGN, DirectSupport, qualifies, write_direct
 from .layout import BufferLocation
 from .writeback import WRITEBACK_STEP, start_writeback
 
@@ -106,8 +106,7 @@ class PendingWrite:
         except OSError as exc:
             raise_for_oserror(exc, "creating a temp file")
         self._direct = direct
-        large_plain = encoding is None and (expected_size or 0) >= DIRECT_MIN_SIZE
-        if direct is not None and large_plain:
+        if direct is not None and encoding is None and direct.applies(expected_size):
             try:
                 # large plain uploads go to the disk with O_DIRECT where pieces allow
                 self._direct_fd = direct.open(self.tmp_path)

@@ -124,7 +124,7 @@ def pieces_as_received(data: bytes, head_bytes: int) -> list[bytes | memoryview]
 
 def test_large_upload_is_written_directly_and_reads_back(tmp_path, monkeypatch):
     direct = count_direct_writes(monkeypatch)
-    store = BufferStore(tmp_path / "store", direct_io=True)
+    store = BufferStore(tmp_path / "store", direct_io_min_size=4 * MiB)
     store.open()
     data = os.urandom(4 * PIECE_SIZE + PIECE_SIZE // 2 + 12345)
     checksum = hashlib.sha256(data).hexdigest()
@@ -141,7 +141,7 @@ def test_large_upload_is_written_directly_and_reads_back(tmp_path, monkeypatch):
 
 def test_wrong_bytes_written_directly_are_refused_and_leave_nothing(tmp_path, monkeypatch):
     direct = count_direct_writes(monkeypatch)
-    store = BufferStore(tmp_path / "store", direct_io=True)
+    store = BufferStore(tmp_path / "store", direct_io_min_size=4 * MiB)
     store.open()
     data = bytearray(os.urandom(8 * MiB))
     checksum = hashlib.sha256(data).hexdigest()
@@ -160,11 +160,12 @@ def test_small_compressed_or_disabled_uploads_are_buffered(tmp_path, monkeypatch
     direct = count_direct_writes(monkeypatch)
     data = os.urandom(6 * MiB)
     checksum = hashlib.sha256(data).hexdigest()
-    for store_dir, direct_io_on, expected_size in (
-        ("off", False, len(data)),  # buffers.direct_io = false
-        ("unknown-size", True, None),  # size not announced: may be small
+    for store_dir, min_size, expected_size in (
+        ("off", None, len(data)),  # buffers.direct_io = false
+        ("unknown-size", 4 * MiB, None),  # size not announced: may be small
+        ("below-the-minimum", 8 * MiB, len(data)),  # smaller than direct_io_min_size
     ):
-        store = BufferStore(tmp_path / store_dir, direct_io=direct_io_on)
+        store = BufferStore(tmp_path / store_dir, direct_io_min_size=min_size)
         store.open()
         pending = store.begin_write(checksum, None, expected_size)
         for piece in pieces_as_received(data, head_bytes=0):
@@ -176,7 +177,7 @@ def test_small_compressed_or_disabled_uploads_are_buffered(tmp_path, monkeypatch
 
 def test_a_refusing_filesystem_is_remembered(tmp_path, monkeypatch):
     direct = count_direct_writes(monkeypatch)
-    store = BufferStore(tmp_path / "store", direct_io=True)
+    store = BufferStore(tmp_path / "store", direct_io_min_size=4 * MiB)
     store.open()
     store.direct_io.refused("test: this filesystem takes no O_DIRECT")
     assert store.direct_io.open(str(tmp_path / "x")) is None
@@ -189,9 +190,14 @@ def test_a_refusing_filesystem_is_remembered(tmp_path, monkeypatch):
     assert store.read(checksum) == data and direct == []
 
 
-def test_direct_support_follows_the_setting():
-    assert DirectSupport(True).usable == bool(getattr(os, "O_DIRECT", 0))
-    assert not DirectSupport(False).usable
+def test_direct_support_follows_the_settings():
+    support = DirectSupport(256 * MiB)
+    assert support.usable == bool(getattr(os, "O_DIRECT", 0))
+    if support.usable:
+        assert support.applies(256 * MiB) and support.applies(300 * MiB)
+    assert not support.applies(255 * MiB) and not support.applies(None)
+    assert DirectSupport(0).min_size == 4 * MiB  # never below the bulk-body size
+    assert not DirectSupport(None).usable and not DirectSupport(None).applies(300 * MiB)
 
 
 @pytest.fixture
@@ -210,7 +216,7 @@ def small_disk(tmp_path: Path):
 
 def test_disk_filling_up_during_direct_writes_is_store_full(small_disk, monkeypatch):
     direct = count_direct_writes(monkeypatch)
-    store = BufferStore(small_disk / "store", direct_io=True)
+    store = BufferStore(small_disk / "store", direct_io_min_size=4 * MiB)
     store.open()
     data = os.urandom(8 * MiB)
     checksum = hashlib.sha256(data).hexdigest()
@@ -240,7 +246,7 @@ async def test_a_full_disk_ends_a_pipelined_upload_through_the_service(small_dis
 
     from node.store.service import BufferService
 
-    service = BufferService(BufferStore(small_disk / "store", direct_io=True))
+    service = BufferService(BufferStore(small_disk / "store", direct_io_min_size=4 * MiB))
     data = os.urandom(16 * MiB)  # the disk has 12 MiB
     checksum = hashlib.sha256(data).hexdigest()
 
@@ -278,7 +284,7 @@ def test_writes_through_the_page_cache_go_in_calls_of_at_most_1_mib(tmp_path, mo
         return real(fd, data, offset)
 
     monkeypatch.setattr(writer.os, "pwrite", spy)
-    store = BufferStore(tmp_path / "store")  # direct_io off: the default
+    store = BufferStore(tmp_path / "store")  # no O_DIRECT: the store's default
     store.open()
     data = os.urandom(3 * PIECE_SIZE + 5)
     checksum = hashlib.sha256(data).hexdigest()
