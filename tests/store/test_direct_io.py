@@ -122,17 +122,21 @@ def pieces_as_received(data: bytes, head_bytes: int) -> list[bytes | memoryview]
     return pieces
 
 
+def store_as_received(store: BufferStore, data: bytes, head_bytes: int = 0, expected_size: int | None = -1) -> None:
+    """Write *data* as the front would hand it over, then check it reads back."""
+    checksum = hashlib.sha256(data).hexdigest()
+    pending = store.begin_write(checksum, None, len(data) if expected_size == -1 else expected_size)
+    for piece in pieces_as_received(data, head_bytes):
+        pending.feed(piece)
+    assert store.finish_write(pending)
+    assert store.read(checksum) == data
+
+
 def test_large_upload_is_written_directly_and_reads_back(tmp_path, monkeypatch):
     direct = count_direct_writes(monkeypatch)
     store = BufferStore(tmp_path / "store", direct_io_min_size=4 * MiB)
     store.open()
-    data = os.urandom(4 * PIECE_SIZE + PIECE_SIZE // 2 + 12345)
-    checksum = hashlib.sha256(data).hexdigest()
-    pending = store.begin_write(checksum, None, len(data))
-    for piece in pieces_as_received(data, head_bytes=1000):
-        pending.feed(piece)
-    assert store.finish_write(pending)
-    assert store.read(checksum) == data
+    store_as_received(store, os.urandom(4 * PIECE_SIZE + PIECE_SIZE // 2 + 12345), head_bytes=1000)
     # the first piece (with the head's bytes) and the last 12345 % 4096 bytes went
     # through the page cache; everything between them straight to the disk
     assert sorted(direct) == [i * PIECE_SIZE for i in range(1, 5)]
@@ -159,7 +163,6 @@ def test_wrong_bytes_written_directly_are_refused_and_leave_nothing(tmp_path, mo
 def test_small_compressed_or_disabled_uploads_are_buffered(tmp_path, monkeypatch):
     direct = count_direct_writes(monkeypatch)
     data = os.urandom(6 * MiB)
-    checksum = hashlib.sha256(data).hexdigest()
     for store_dir, min_size, expected_size in (
         ("off", None, len(data)),  # buffers.direct_io = false
         ("unknown-size", 4 * MiB, None),  # size not announced: may be small
@@ -167,11 +170,7 @@ def test_small_compressed_or_disabled_uploads_are_buffered(tmp_path, monkeypatch
     ):
         store = BufferStore(tmp_path / store_dir, direct_io_min_size=min_size)
         store.open()
-        pending = store.begin_write(checksum, None, expected_size)
-        for piece in pieces_as_received(data, head_bytes=0):
-            pending.feed(piece)
-        assert store.finish_write(pending)
-        assert store.read(checksum) == data
+        store_as_received(store, data, expected_size=expected_size)
     assert direct == []
 
 
@@ -181,13 +180,8 @@ def test_a_refusing_filesystem_is_remembered(tmp_path, monkeypatch):
     store.open()
     store.direct_io.refused("test: this filesystem takes no O_DIRECT")
     assert store.direct_io.open(str(tmp_path / "x")) is None
-    data = os.urandom(5 * MiB)
-    checksum = hashlib.sha256(data).hexdigest()
-    pending = store.begin_write(checksum, None, len(data))
-    for piece in pieces_as_received(data, head_bytes=0):
-        pending.feed(piece)
-    assert store.finish_write(pending)
-    assert store.read(checksum) == data and direct == []
+    store_as_received(store, os.urandom(5 * MiB))
+    assert direct == []
 
 
 def test_direct_support_follows_the_settings():
@@ -232,11 +226,7 @@ def test_disk_filling_up_during_direct_writes_is_store_full(small_disk, monkeypa
     assert os.listdir(store.tmp_dir) == []
     # with the space back, the same upload succeeds
     (small_disk / "filler").unlink()
-    pending = store.begin_write(checksum, None, len(data))
-    for piece in pieces_as_received(data, head_bytes=0):
-        pending.feed(piece)
-    assert store.finish_write(pending)
-    assert store.read(checksum) == data
+    store_as_received(store, data)
 
 
 async def test_a_full_disk_ends_a_pipelined_upload_through_the_service(small_disk):
@@ -287,10 +277,5 @@ def test_writes_through_the_page_cache_go_in_calls_of_at_most_1_mib(tmp_path, mo
     store = BufferStore(tmp_path / "store")  # no O_DIRECT: the store's default
     store.open()
     data = os.urandom(3 * PIECE_SIZE + 5)
-    checksum = hashlib.sha256(data).hexdigest()
-    pending = store.begin_write(checksum, None, len(data))
-    for piece in pieces_as_received(data, head_bytes=0):
-        pending.feed(piece)
-    assert store.finish_write(pending)
-    assert store.read(checksum) == data
+    store_as_received(store, data)
     assert sum(sizes) == len(data) and max(sizes) <= writer.BUFFERED_WRITE_MAX
