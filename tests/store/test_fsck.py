@@ -19,7 +19,7 @@ def test_fsck_finds_and_quarantines_damage(tmp_path):
     path = os.path.join(store.directory, bad_cs[:2], bad_cs)
     os.chmod(path, 0o644)
     with open(path, "r+b") as f:
-        f.write(b"X")
+        f.write(bytes([bad_data[0] ^ 0xFF]))  # a byte that differs, whatever the data
     report = fsck(store, repair=False)
     assert report.checked == 7
     assert report.corrupt == [path]
