@@ -73,8 +73,9 @@ class PendingWrite:
     Large pieces are pipelined: ``feed`` hands each to a hashing lane and a writing lane
     (each takes the pieces in order, one at a time: concurrent buffered writes to one
     file were measured to spin on the inode's lock, several times slower) and returns,
-    waiting only when MAX_IN_FLIGHT pieces are still busy. A piece must not be changed after it
-    has been fed. Errors of a piece surface at a later ``feed`` or at ``verify``."""
+    waiting only when MAX_IN_FLIGHT pieces are still busy. A piece must not be changed
+    after it has been fed. Errors of a piece surface at a later ``feed`` or at
+    ``verify``."""
 
     def __init__(
         self,
@@ -131,7 +132,6 @@ class PendingWrite:
             self._settle()  # earlier pieces first (there are rarely any)
             self._hasher.update(piece)
             self._write_at(piece, offset)
-
 
     def _write_at(self, piece: bytes | memoryview, offset: int) -> None:
         """Write *piece* at *offset*: straight to the disk if it qualifies, else through
