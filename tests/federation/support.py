@@ -1,6 +1,11 @@
-"""Helpers for federation tests: identities and links."""
+"""Helpers for federation tests: identities, links, the `peers` command."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import trio
 
 from node.federation.identity import NodeIdentity
 from node.federation.links import Link, SignedLink, parse_grant_spec, sign_link
@@ -31,3 +36,16 @@ def make_link(
         subject_endpoints=endpoints,
     )
     return sign_link(link, issuer)
+
+
+async def peers_command(data_dir: Path, *args: str) -> str:
+    """What `seamless-node peers --data-dir DATA_DIR ARGS` prints (run as a process);
+    the command must succeed."""
+    proc = await trio.run_process(
+        [sys.executable, "-m", "node", "peers", "--data-dir", str(data_dir), *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import stat
-import sys
 from pathlib import Path
 
 import httpx
-import trio
 import yaml
 from click.testing import CliRunner
 
@@ -17,6 +15,7 @@ from node.federation.identity import load_identity
 from node.federation.links import parse_link_text
 
 from .conftest import Cluster
+from .support import peers_command
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -110,14 +109,7 @@ async def test_peers_command_against_running_nodes(cluster: Cluster, http: httpx
     await cluster.configure()
     await b.federation.client.ping(a.node_id)  # A sees B
     a.federation._save_state()
-    proc = await trio.run_process(
-        [sys.executable, "-m", "node", "peers", "--data-dir", str(a.data_dir), "--json"],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
-    report = json.loads(proc.stdout)
+    report = json.loads(await peers_command(a.data_dir, "--json"))
     rows = {r["name"]: r for r in report["peers"]}
     assert rows["b"]["reachable"] and rows["b"]["accepts_us"]
     assert rows["b"]["to_peer"][0]["grants"] == {"buffers:read": {}, "results:read": {}}
@@ -125,13 +117,7 @@ async def test_peers_command_against_running_nodes(cluster: Cluster, http: httpx
     assert rows["b"]["last_seen"]
     assert rows["b"]["job_load"] == 0  # B runs jobless (every built role), idle
     assert rows["c"]["reachable"] and rows["c"]["accepts_us"] is False
-    proc = await trio.run_process(
-        [sys.executable, "-m", "node", "peers", "--data-dir", str(a.data_dir)],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    text = proc.stdout.decode()
+    text = await peers_command(a.data_dir)
     assert "reachable    yes   accepts us: yes" in text and "we grant     buffers:read,results:read #" in text
     assert "runs jobs    yes (load 0)" in text
     assert yaml.safe_load((a.data_dir / "peers.yaml").read_text())["peers"]

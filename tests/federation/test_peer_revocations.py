@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -25,7 +24,8 @@ from node.federation.revocation_list import (
 from tests.roles.jobless.support import Transformations, wait_for
 
 from .conftest import Cluster, FedNode
-from .test_forwarding import counter, nothing_ran, put, start, submit
+from .support import peers_command
+from .test_forwarding import counter, put, start, submit
 
 MiB = 1024 * 1024
 
@@ -191,23 +191,11 @@ async def test_the_list_survives_a_restart(cluster: Cluster, http: httpx.AsyncCl
     # a replay of B's older list is still refused after the restart
     assert a.federation.revocations._judge(b.node_id, old) is Judgement.ROLLBACK
     # and `seamless-node peers` shows it from the data directory
-    proc = await trio.run_process(
-        [sys.executable, "-m", "node", "peers", "--data-dir", str(a.data_dir), "--json"],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
-    (row,) = json.loads(proc.stdout)["peers"]
+    (row,) = json.loads(await peers_command(a.data_dir, "--json"))["peers"]
     assert row["revocations"]["version"] == version
     assert row["revocations"]["revoked_grants"] == [link.link.serial]
     assert row["from_peer"][0]["status"] == "revoked"
-    proc = await trio.run_process(
-        [sys.executable, "-m", "node", "peers", "--data-dir", str(a.data_dir)],
-        capture_stdout=True,
-        check=False,
-    )
-    assert f"revoked its grants #{link.link.serial}" in proc.stdout.decode()
+    assert f"revoked its grants #{link.link.serial}" in await peers_command(a.data_dir)
 
 
 async def test_a_stored_list_that_was_tampered_with_is_ignored(cluster: Cluster):
