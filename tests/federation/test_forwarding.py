@@ -65,6 +65,25 @@ async def put(http: httpx.AsyncClient, fed: FedNode, buffers: dict[str, bytes]) 
         assert r.status_code in (200, 201), r.text
 
 
+async def place_job(
+    http: httpx.AsyncClient,
+    tfs: Transformations,
+    code: str,
+    data: bytes,
+    *,
+    code_at: FedNode,
+    data_at: list[FedNode],
+) -> tuple[dict[str, Any], str]:
+    """A Python transformation of one input, *data*: its code buffers are stored at
+    *code_at*, the input only at the nodes *data_at*. Returns it and the input's checksum."""
+    tf = tfs.python(code, data=(data, "bytes"))
+    data_cs = next(cs for cs, d in tfs.buffers.items() if d is data)
+    await put(http, code_at, {cs: d for cs, d in tfs.buffers.items() if cs != data_cs})
+    for node in data_at:
+        await put(http, node, {data_cs: data})
+    return tf, data_cs
+
+
 async def submit(
     http: httpx.AsyncClient, fed: FedNode, tf: dict[str, Any], wait: float = 30
 ) -> dict[str, Any]:
@@ -86,13 +105,10 @@ async def test_job_runs_where_its_50mb_input_is(cluster: Cluster, http: httpx.As
         cluster.grant(peer, a, "jobs:submit,buffers:read")
     cluster.grant(a, b, "jobs:submit,buffers:read,results:write")
     await cluster.configure()
-    tfs = Transformations()
-    big = os.urandom(50 * MiB)
-    tf = tfs.python("def f(data):\n    return len(data) * 2\n", data=(big, "bytes"))
-    data_cs = next(cs for cs, d in tfs.buffers.items() if d is big)
-    code = {cs: d for cs, d in tfs.buffers.items() if cs != data_cs}
-    await put(http, a, code)
-    await put(http, b, {data_cs: big})
+    tfs, big = Transformations(), os.urandom(50 * MiB)
+    code_text = "def f(data):\n    return len(data) * 2\n"
+    tf, data_cs = await place_job(http, tfs, code_text, big, code_at=a, data_at=[b])
+    code = set(tfs.buffers) - {data_cs}
 
     job = await submit(http, a, tf)
     assert job["state"] == "done", job
@@ -275,12 +291,8 @@ async def test_cancel_at_origin_kills_the_job_at_the_executor(cluster: Cluster, 
     cluster.grant(b, a, "jobs:submit,buffers:read")
     cluster.grant(a, b, "jobs:submit")
     await cluster.configure()
-    tfs = Transformations()
-    big = os.urandom(2 * MiB)
-    tf = tfs.python("def f(data):\n    import time\n    time.sleep(60)\n    return 0\n", data=(big, "bytes"))
-    data_cs = next(cs for cs, d in tfs.buffers.items() if d is big)
-    await put(http, a, {cs: d for cs, d in tfs.buffers.items() if cs != data_cs})
-    await put(http, b, {data_cs: big})
+    code = "def f(data):\n    import time\n    time.sleep(60)\n    return 0\n"
+    tf, _ = await place_job(http, Transformations(), code, os.urandom(2 * MiB), code_at=a, data_at=[b])
     job = await submit(http, a, tf, wait=0)
     assert job["state"] in ("queued", "running")
     await wait_for(lambda: job_pids(b), timeout=10)
@@ -314,12 +326,8 @@ async def test_a_refused_job_runs_here(cluster: Cluster, http: httpx.AsyncClient
     await cluster.configure()
     (b.data_dir / "revocations.yaml").write_text(f"links: [{{serial: {jobs_link.link.serial}}}]\n")
     await b.federation.watcher.refresh(force=True)
-    tfs = Transformations()
-    big = os.urandom(2 * MiB)
-    tf = tfs.python("def f(data):\n    return len(data) + 5\n", data=(big, "bytes"))
-    data_cs = next(cs for cs, d in tfs.buffers.items() if d is big)
-    await put(http, a, {cs: d for cs, d in tfs.buffers.items() if cs != data_cs})
-    await put(http, b, {data_cs: big})
+    code = "def f(data):\n    return len(data) + 5\n"
+    tf, _ = await place_job(http, Transformations(), code, os.urandom(2 * MiB), code_at=a, data_at=[b])
     job = await submit(http, a, tf)
     assert job["state"] == "done" and job["executor"] is None
     assert celltypes.deserialize(await a.context.buffers.read(job["result"]), "mixed") == 2 * MiB + 5
@@ -334,14 +342,9 @@ async def test_a_job_whose_executor_is_lost_runs_here(cluster: Cluster, http: ht
     for peer in (b, c):
         cluster.grant(peer, a, "jobs:submit,buffers:read")
     await cluster.configure()
-    tfs = Transformations()
-    big = os.urandom(2 * MiB)
+    tfs, big = Transformations(), os.urandom(2 * MiB)
     code = "def f(data):\n    import time\n    time.sleep(1)\n    return len(data)\n"
-    tf = tfs.python(code, data=(big, "bytes"))
-    data_cs = next(cs for cs, d in tfs.buffers.items() if d is big)
-    await put(http, a, {cs: d for cs, d in tfs.buffers.items() if cs != data_cs})
-    await put(http, b, {data_cs: big})
-    await put(http, c, {data_cs: big})
+    tf, data_cs = await place_job(http, tfs, code, big, code_at=a, data_at=[b, c])
     job = await submit(http, a, tf, wait=0)
     await wait_for(lambda: job_pids(b) or job_pids(c), timeout=10)
     lost, other = (b, c) if job_pids(b) else (c, b)

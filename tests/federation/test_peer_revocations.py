@@ -25,7 +25,7 @@ from tests.roles.jobless.support import Transformations, wait_for
 
 from .conftest import Cluster, FedNode
 from .support import peers_command
-from .test_forwarding import counter, put, start, submit
+from .test_forwarding import counter, place_job, put, start, submit
 
 MiB = 1024 * 1024
 
@@ -68,12 +68,9 @@ async def test_a_revoked_grant_is_not_relied_on_once_the_list_is_fetched(
     only_at_b = os.urandom(1000)
     only_cs = hashlib.sha256(only_at_b).hexdigest()
     await put(http, b, {only_cs: only_at_b})
-    tfs = Transformations()
-    big = os.urandom(2 * MiB)
-    job_tf = tfs.python("def f(data):\n    return len(data)\n", data=(big, "bytes"))
-    data_cs = next(cs for cs, d in tfs.buffers.items() if d is big)
-    await put(http, a, {cs: d for cs, d in tfs.buffers.items() if cs != data_cs})
-    await put(http, b, {data_cs: big})
+    tfs, big = Transformations(), os.urandom(2 * MiB)
+    code = "def f(data):\n    return len(data)\n"
+    job_tf, data_cs = await place_job(http, tfs, code, big, code_at=a, data_at=[b])
 
     # relied on: results, buffers and jobs go to B
     assert (await a.context.lookup_result(tf)).result == result
