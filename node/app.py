@@ -14,6 +14,7 @@ stops at once (the roles are still closed).
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from .metrics import Metrics
 from .roles import NodeContext, Role, role_classes
 from .store.buffers import BufferStore
 from .store.service import BufferService
+from .tls import server_context
 from .web.app_class import NodeApp, needs_close
 from .web.fastpath import FastPath, route
 from .web.fastpath import Request as FastRequest
@@ -49,6 +51,8 @@ class Node:
     roles: list[Role]
     #: what hypercorn serves: the fast routes in front of the Quart app
     asgi: FastPath
+    #: the TLS server context (node.tls_cert_file), or None for plain HTTP
+    tls: ssl.SSLContext | None = None
 
 
 def build_node(config: NodeConfig) -> Node:
@@ -93,7 +97,13 @@ def build_node(config: NodeConfig) -> Node:
         from .federation.routes_fast import federation_fast_routes
 
         fast += federation_fast_routes(context.federation)
-    return Node(config, app, context, roles, FastPath(app, fast, metrics))
+    tls = None
+    if config.node.tls_cert_file and config.node.tls_key_file:
+        tls = server_context(config.node.tls_cert_file, config.node.tls_key_file)
+        metrics.describe(
+            "seamless_node_tls_refused_total", "connections refused before their first request, by reason"
+        )
+    return Node(config, app, context, roles, FastPath(app, fast, metrics), tls)
 
 
 async def _healthcheck(request: FastRequest) -> FastResponse:
@@ -185,7 +195,9 @@ async def run_node(
                 await role.start(nursery)
             if federation is not None:
                 await federation.start(nursery)
-            front = Front(node.asgi, node.asgi.routes, node.context.metrics, hypercorn_config(node.config))
+            front = Front(
+                node.asgi, node.asgi.routes, node.context.metrics, hypercorn_config(node.config), tls=node.tls
+            )
             urls = await nursery.start(front.serve)
             task_status.started(urls)
             if stop is None:

@@ -143,7 +143,7 @@ def run(
     except BaseException as exc:
         leaf = _first_leaf(exc)
         if isinstance(leaf, NodeError):
-            _fail(str(leaf))
+            _fail(str(leaf), 2 if isinstance(leaf, ConfigError) else 1)
         if isinstance(leaf, OSError):
             _fail(f"cannot start on {config.node.host}:{config.node.port}: {leaf.strerror or leaf}")
         raise

@@ -98,6 +98,12 @@ class NodeSection:
     #: a client must send a complete request head within this many seconds of connecting
     #: (or of its previous request); also how long an idle keep-alive connection stays open
     header_timeout: Seconds = Seconds(10.0)
+    #: serve HTTPS (every route, on the one port): the node's certificate chain (PEM,
+    #: the certificate first, then intermediates); needs tls_key_file. The TLS handshake
+    #: must also end within header_timeout
+    tls_cert_file: str | None = None
+    #: the private key (PEM, unencrypted) of tls_cert_file; keep it readable by the node only
+    tls_key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +231,9 @@ class FederationSection:
     enabled: str = "auto"
     #: the node's private key; default: <data_dir>/node.key
     key_file: str | None = None
+    #: CA certificates (PEM) that peers' https:// certificates must chain to, instead of
+    #: the system's trust store (for a private CA)
+    ca_file: str | None = None
     #: peers listed in their own file, re-read when it changes; default: <data_dir>/peers.yaml
     peers_file: str | None = None
     #: peers listed here, in the node's configuration
@@ -458,6 +467,8 @@ def validate(config: NodeConfig) -> NodeConfig:
         raise ConfigError("no roles to run; choose from: " + ", ".join(VALID_ROLES))
     if not 0 <= config.node.port <= 65535:
         raise ConfigError(f"node.port must be between 0 and 65535, got {config.node.port}")
+    if (config.node.tls_cert_file is None) != (config.node.tls_key_file is None):
+        raise ConfigError("node.tls_cert_file and node.tls_key_file go together: set both or neither")
     if config.buffers.layout not in (None, "prefix", "flat"):
         raise ConfigError(f"buffers.layout must be prefix or flat, got {config.buffers.layout!r}")
     if config.node.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -19,7 +19,7 @@ import trio
 from node.app import serve_node
 from node.config import NodeConfig, build_config
 
-LISTEN_RE = re.compile(r"seamless-node listening on (http://\S+) \(roles: ([^)]*)\)")
+LISTEN_RE = re.compile(r"seamless-node listening on (https?://\S+) \(roles: ([^)]*)\)")
 
 
 def make_config(data_dir: Path, **sections: dict[str, object]) -> NodeConfig:

@@ -8,6 +8,11 @@ with the socket switched to blocking and a kernel send/receive timeout of SLICE 
 for at most SLICE seconds per hop: the loop stays free, cancellation and the callers'
 limits are seen between slices, and no thread outlives its hop (so none can touch a socket
 the loop has closed). The socket is back in non-blocking mode whenever the loop runs.
+
+Over TLS the bytes on the socket are not the body: ``receive_pieces_from`` fills the same
+pooled pieces from a trio stream on the loop (what arrives within a slice once something
+has), and ``send_file_to`` sends a file through the stream, read by worker threads one
+READ_PIECE at a time (no ``sendfile``: the kernel does not encrypt here).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ SENDFILE_MAX_CALL = 8 << 20
 #: most bytes received in one worker-thread hop, in pieces of PIECE_SIZE
 RECEIVE_HOP = 2 * PIECE_SIZE
 _TIMEOUT = struct.pack("ll", 0, int(SLICE * 1e6))
+#: bytes of a file read per worker-thread hop when it is sent through a stream (TLS)
+READ_PIECE = 1 << 20
 
 
 def piece_sizes(offset: int, remaining: int) -> list[int]:
@@ -76,6 +83,56 @@ async def sendfile(sock: trio.socket.SocketType, fd: int, count: int, *, stall_t
         stalled = 0.0 if sent else stalled + SLICE
         if stalled >= stall_timeout:
             raise trio.TooSlowError("the peer stopped reading")
+
+
+async def receive_pieces_from(stream: trio.abc.ReceiveStream, sizes: list[int]) -> list[memoryview]:
+    """``receive_pieces`` for a stream (TLS): pieces of up to *sizes*, filled in order
+    with what arrives within SLICE seconds once something has; [] at its end. The first
+    receive waits as long as it takes (the caller's own timeouts cut an idle peer)."""
+    pieces = [PIECES.take(size) for size in sizes]
+    total = sum(sizes)
+    got = 0
+    first = 0  # the piece being filled, and how much of it is
+    done = 0
+
+    async def fill() -> bool:
+        nonlocal got, first, done
+        data = await stream.receive_some(min(len(pieces[first]) - done, total - got))
+        if not data:
+            return False
+        pieces[first][done : done + len(data)] = data
+        got += len(data)
+        done += len(data)
+        if done == len(pieces[first]):
+            first, done = first + 1, 0
+        return True
+
+    if not await fill():
+        return []
+    with trio.move_on_after(SLICE):
+        while got < total and await fill():
+            pass
+    filled: list[memoryview] = []
+    for piece in pieces:
+        if got <= 0:
+            break
+        filled.append(piece if got >= len(piece) else piece[:got])
+        got -= len(piece)
+    return filled
+
+
+async def send_file_to(stream: trio.abc.SendStream, fd: int, count: int, *, stall_timeout: float) -> None:
+    """``sendfile`` for a stream (TLS): the first *count* bytes of the file *fd*, read by
+    worker threads; trio.TooSlowError if the peer takes no piece for *stall_timeout*
+    seconds, OSError if the file turns out shorter."""
+    offset = 0
+    while offset < count:
+        data = await trio.to_thread.run_sync(os.pread, fd, min(READ_PIECE, count - offset), offset)
+        if not data:
+            raise OSError(f"file ended {count - offset} bytes early")
+        with trio.fail_after(stall_timeout):
+            await stream.send_all(data)
+        offset += len(data)
 
 
 class _Blocking:

@@ -5,6 +5,10 @@
 surface as ``fastpath.Request`` (method, path, match, headers, scope, body under limits,
 ``read_json``, ``drain``, ``wait_disconnect``), so a fast route runs unchanged whichever of
 the two serves it.
+
+Under TLS the connection's stream is a trio ``SSLStream`` over the socket: every byte then
+goes through it, so the zero-copy paths of bulk.py (worker threads on the raw socket)
+give way to their stream forms (``bulk.receive_pieces_from`` and ``bulk.send_file_to``).
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ SEND_STALL_TIMEOUT = 120.0
 
 
 class Connection:
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
         self.stream = stream
-        self.socket = stream.socket
+        #: the bytes go through TLS: never touch the socket's data directly
+        self.tls = isinstance(stream, trio.SSLStream)
+        self.socket = stream.transport_stream.socket if isinstance(stream, trio.SSLStream) else stream.socket
         self.buffer = bytearray()
         self.eof = False
 
@@ -55,7 +61,10 @@ class Connection:
         [] at the end."""
         if self.eof:
             return []
-        pieces = await bulk.receive_pieces(self.socket, sizes)
+        if self.tls:
+            pieces = await bulk.receive_pieces_from(self.stream, sizes)
+        else:
+            pieces = await bulk.receive_pieces(self.socket, sizes)
         if not pieces:
             self.eof = True
         return pieces
@@ -64,8 +73,11 @@ class Connection:
         if self.eof:
             return b""
         try:
-            data = await self.socket.recv(max_bytes)
-        except (ConnectionResetError, BrokenPipeError):
+            if self.tls:
+                data = bytes(await self.stream.receive_some(max_bytes))
+            else:
+                data = await self.socket.recv(max_bytes)
+        except (ConnectionResetError, BrokenPipeError, trio.BrokenResourceError):
             data = b""
         if not data:
             self.eof = True
@@ -73,13 +85,20 @@ class Connection:
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         with trio.fail_after(SEND_STALL_TIMEOUT):
+            if self.tls:
+                await self.stream.send_all(data)
+                return
             # most answers fit the socket's buffer: one send
             sent = await self.socket.send(data)
             if sent < len(data):
                 await self.stream.send_all(memoryview(data)[sent:])
 
     async def sendfile(self, fd: int, count: int) -> None:
-        """Send the first *count* bytes of the file *fd*, zero-copy (see bulk.py)."""
+        """Send the first *count* bytes of the file *fd*, zero-copy (see bulk.py); under
+        TLS read by worker threads and sent through the TLS stream."""
+        if self.tls:
+            await bulk.send_file_to(self.stream, fd, count, stall_timeout=SEND_STALL_TIMEOUT)
+            return
         await bulk.sendfile(self.socket, fd, count, stall_timeout=SEND_STALL_TIMEOUT)
 
     def peer(self) -> tuple[str, int] | None:
@@ -119,7 +138,7 @@ class FrontRequest(BodyReader):
             self._scope = {
                 "type": "http",
                 "http_version": "1.1",
-                "scheme": "http",
+                "scheme": "https" if self.connection.tls else "http",
                 "method": head.method,
                 "path": head.path,
                 "raw_path": head.raw_path,

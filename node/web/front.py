@@ -22,6 +22,13 @@ request head close at once (the front's, and hypercorn's through
 ``WorkerContext.terminated``), requests in flight get a grace period to finish (their
 connections close after the answer), then whatever is left is cancelled.
 
+With ``node.tls_cert_file`` set, the front speaks TLS on the same port (``tls=`` a server
+context from node/tls.py): each accepted connection is wrapped in a trio ``SSLStream``
+whose handshake must end within ``node.header_timeout`` (a client that stalls in it is
+cut, and shutdown closes it at once like an idle connection); a client that sends plain
+HTTP instead gets a plain-text 400 saying so. Everything after the handshake, the
+hand-over to hypercorn included, goes through the ``SSLStream``.
+
 This uses hypercorn's ``TCPServer``, ``WorkerContext`` and ``Lifespan`` directly (its
 trio worker does the same); ``pyproject.toml`` pins hypercorn to the minor version this
 was written against.
@@ -30,6 +37,8 @@ was written against.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 from dataclasses import replace
 from typing import Any, AsyncIterable
 
@@ -43,19 +52,31 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from ..errors import NodeError
 from ..metrics import Metrics
+from ..tls import PLAIN_HTTP_ANSWER, looks_like_plain_http, looks_like_tls
 from .connection import Connection, FrontRequest
 from .fastpath import FastRoute, Response, error_response
 from .http1 import MAX_HEAD_BYTES, head_end, parse_head, response_head
 
 log = logging.getLogger("seamless_node")
 
+TLSStream = trio.SSLStream[trio.SocketStream]
+
 #: answers up to this size go out in one send together with their head
 COALESCE_BYTES = 64 * 1024
 
 
 class Front:
-    def __init__(self, asgi: Any, routes: list[FastRoute], metrics: Metrics, config: HypercornConfig) -> None:
+    def __init__(
+        self,
+        asgi: Any,
+        routes: list[FastRoute],
+        metrics: Metrics,
+        config: HypercornConfig,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.routes = routes
+        #: serve HTTPS with this server context (None: plain HTTP)
+        self.tls = tls
         self.metrics = metrics
         self.config = config
         self.header_timeout = float(config.keep_alive_timeout)
@@ -82,7 +103,8 @@ class Front:
         for sock in sockets.insecure_sockets:
             sock.listen(self.config.backlog)
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-            urls.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            scheme = "https" if self.tls else "http"
+            urls.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
         lifespan = Lifespan(self.app, self.config, self.lifespan_state)
         async with trio.open_nursery() as lifespan_nursery:
             await lifespan_nursery.start(lifespan.handle_lifespan)
@@ -130,7 +152,13 @@ class Front:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """Serve one connection until it closes or is handed to hypercorn."""
-        connection = Connection(stream)
+        if self.tls is not None:
+            secured = await self._secure(stream)
+            if secured is None:
+                return
+            connection = Connection(secured)
+        else:
+            connection = Connection(stream)
         try:
             while not self.stopping:
                 end = await self._read_head(connection)
@@ -150,6 +178,50 @@ class Front:
             pass
         finally:
             await connection.aclose()
+
+    async def _secure(self, stream: trio.SocketStream) -> TLSStream | None:
+        """The connection's TLS stream once its handshake is done, within header_timeout;
+        None (the socket closed) for a client that sends plain HTTP, fails the handshake
+        or stalls in it; each counts in ``seamless_node_tls_refused_total{reason}``."""
+        secured: TLSStream | None = None
+        outcome = "closed"
+        with trio.move_on_after(self.header_timeout) as waiting:
+            self._waiting_for_head.add(waiting)  # shutdown closes it like an idle connection
+            try:
+                secured, outcome = await self._handshake(stream)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                outcome = "handshake-failed"
+            finally:
+                self._waiting_for_head.discard(waiting)
+        if secured is not None:
+            return secured
+        if waiting.cancelled_caught and not self.stopping:
+            outcome = "handshake-timeout"
+        if outcome != "closed":
+            self.metrics.inc("seamless_node_tls_refused_total", reason=outcome)
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        return None
+
+    async def _handshake(self, stream: trio.SocketStream) -> tuple[TLSStream | None, str]:
+        """(the TLS stream, "ok"), or (None, why not)."""
+        assert self.tls is not None
+        first = await stream.socket.recv(1, socket.MSG_PEEK)
+        if not first:
+            return None, "closed"  # a port probe
+        if not looks_like_tls(first):
+            if not looks_like_plain_http(first):
+                return None, "not-tls"
+            await stream.socket.recv(MAX_HEAD_BYTES)  # a short request, read so that the close is clean
+            await stream.send_all(PLAIN_HTTP_ANSWER)
+            return None, "plain-http"
+        secured = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=True)
+        try:
+            await secured.do_handshake()
+        except trio.BrokenResourceError as exc:
+            log.debug("TLS handshake failed: %s", exc.__cause__ or exc)
+            return None, "handshake-failed"
+        return secured, "ok"
 
     async def _read_head(self, connection: Connection) -> int | None:
         """Index just past the next request head in the buffer; 0 when the head is too
@@ -180,7 +252,11 @@ class Front:
         return None
 
     async def _hand_over(self, connection: Connection) -> None:
-        stream = ReplayStream(connection.stream, bytes(connection.buffer))
+        prefix = bytes(connection.buffer)
+        if isinstance(connection.stream, trio.SSLStream):
+            stream: ReplayStream = ReplayTLSStream(connection.stream, prefix, connection.socket)
+        else:
+            stream = ReplayStream(connection.stream, prefix, connection.socket)
         connection.buffer.clear()
         state = ConnectionState(self.lifespan_state.copy())
         async with trio.open_nursery() as nursery:
@@ -309,10 +385,11 @@ class CountRequests:
 class ReplayStream(trio.abc.HalfCloseableStream):
     """A socket stream that first gives back bytes already read from it (for hypercorn)."""
 
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+    def __init__(self, stream: Any, prefix: bytes, sock: trio.socket.SocketType) -> None:
         self._stream = stream
         self._prefix = prefix
-        self.socket = stream.socket
+        #: the connection's socket (``_close_when_cancelled`` closes it)
+        self.socket = sock
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
@@ -332,3 +409,22 @@ class ReplayStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+class ReplayTLSStream(ReplayStream):
+    """``ReplayStream`` over a TLS stream whose handshake is done: hypercorn's
+    ``TCPServer`` tells a TLS connection by these methods (it then serves ``https`` and
+    ``wss`` scopes), and finds no ``send_eof`` on it (TLS has no half-close here)."""
+
+    def __init__(self, stream: TLSStream, prefix: bytes, sock: trio.socket.SocketType) -> None:
+        super().__init__(stream, prefix, sock)
+        self.transport_stream = stream.transport_stream
+
+    async def do_handshake(self) -> None:
+        await self._stream.do_handshake()  # done already: returns at once
+
+    def selected_alpn_protocol(self) -> str | None:
+        return self._stream.selected_alpn_protocol()  # type: ignore[no-any-return]
+
+    async def send_eof(self) -> None:
+        raise AttributeError("send_eof")  # what hypercorn expects of a TLS stream
