@@ -92,7 +92,10 @@ async def open_download(
     with trio.fail_after(head_timeout):
         if parts.scheme == "https":
             stream = await trio.open_ssl_over_tcp_stream(
-                parts.hostname, port, ssl_context=ssl_context or ssl.create_default_context()
+                parts.hostname,
+                port,
+                ssl_context=ssl_context or ssl.create_default_context(),
+                https_compatible=True,  # servers commonly close without close_notify
             )
         else:
             stream = await trio.open_tcp_stream(parts.hostname, port)
@@ -128,11 +131,11 @@ async def open_download(
                 yield piece
             sock = getattr(stream, "socket", None)  # plain TCP: worker threads receive
             while remaining > 0:
+                sizes = bulk.piece_sizes(length - remaining, remaining)
                 if sock is not None:
-                    pieces = await bulk.receive_pieces(sock, bulk.piece_sizes(length - remaining, remaining))
-                else:
-                    data = await stream.receive_some(min(READ_SIZE, remaining))
-                    pieces = [data] if data else []
+                    pieces = await bulk.receive_pieces(sock, sizes)
+                else:  # TLS: the loop decrypts into the same pieces
+                    pieces = await bulk.receive_pieces_from(stream, sizes)
                 if not pieces:
                     raise h11.RemoteProtocolError(f"peer closed the connection {remaining} bytes short")
                 for data in pieces:

@@ -7,6 +7,12 @@ when a connection fails. Answers other than 2xx become ``PeerRefused`` carrying 
 and the peer's reason (``X-Seamless-Refusal``); a peer that cannot be reached,
 ``PeerUnreachable``.
 
+A peer whose URL is ``https://`` is reached over verified TLS, by httpx and by the large
+downloads alike (download.py): its certificate must chain to the node's trust anchors
+(``tls``: ``federation.ca_file``, or the system's trust store) and name the URL's host.
+A peer whose certificate does not verify is unreachable at that URL, like one that
+refuses connections; no request, signed or not, is sent to it.
+
 Errors::
 
     PeerError             anything that went wrong talking to a peer
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
@@ -27,6 +34,7 @@ import httpx
 import trio
 
 from ..errors import NodeError
+from ..tls import client_context
 from .canonical import b64encode, canonical_json
 from .canonical import now as wall_clock
 from .download import open_download
@@ -73,8 +81,17 @@ class PeerClient:
     *watcher* is a files.RegistryWatcher (or anything with ``identity`` and ``registry``).
     """
 
-    def __init__(self, watcher: Any, *, timeout: float = 10.0, clock: Callable[[], int] = wall_clock) -> None:
+    def __init__(
+        self,
+        watcher: Any,
+        *,
+        timeout: float = 10.0,
+        clock: Callable[[], int] = wall_clock,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.watcher = watcher
+        #: verifies peers' https:// certificates (tls.client_context)
+        self.tls = tls or client_context()
         self.clock = clock
         self.timeout = timeout
         #: called with (peer, status, reason) for every refusal a peer answers (the service
@@ -84,6 +101,7 @@ class PeerClient:
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
             follow_redirects=False,  # never: a signed request is for one destination
+            verify=self.tls,
         )
 
     async def aclose(self) -> None:
@@ -229,7 +247,10 @@ class PeerClient:
                 yielded = False
                 try:
                     async with open_download(
-                        url, {**headers, **extra}, head_timeout=time_limit or self.timeout
+                        url,
+                        {**headers, **extra},
+                        head_timeout=time_limit or self.timeout,
+                        ssl_context=self.tls,
                     ) as (status, answer, body):
                         refusal = answer.get(REFUSAL_HEADER.lower(), "")
                         if status == 401 and not extra and refusal in _UNKNOWN_US:

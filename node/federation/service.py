@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
+from ..tls import client_context
 from .canonical import now as wall_clock
 from .claims import ClaimStore
 from .executing import JobReceiver
@@ -65,7 +66,9 @@ class FederationService:
         skew = int(cfg.max_clock_skew)
         self.nonces = NonceStore(os.path.join(fed_dir, "nonces.db"), window=skew)
         self.claims = ClaimStore(os.path.join(fed_dir, "claims.db"))
-        self.client = PeerClient(self.watcher, timeout=float(cfg.request_timeout), clock=clock)
+        self.client = PeerClient(
+            self.watcher, timeout=float(cfg.request_timeout), clock=clock, tls=client_context(cfg.ca_file)
+        )
         metrics = context.metrics
         self.publisher = Publisher(
             self.watcher, os.path.join(fed_dir, "revocations-published.json"), clock=clock

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from ..config import NodeConfig
+from ..tls import client_context
 from .canonical import format_time, now
 from .files import RegistryWatcher
 from .peers import PeerClient, PeerError, PeerRefused
@@ -67,7 +68,11 @@ def collect(config: NodeConfig, *, probe: bool = True) -> dict[str, Any]:
                 "error": "",
             }
         if probe:
-            client = PeerClient(watcher, timeout=float(config.federation.request_timeout))
+            client = PeerClient(
+                watcher,
+                timeout=float(config.federation.request_timeout),
+                tls=client_context(config.federation.ca_file),
+            )
             try:
                 async with trio.open_nursery() as nursery:
                     for peer in rows:
