@@ -14,6 +14,7 @@ import trio
 
 from . import __version__
 from .config import BUILT_ROLES, VALID_ROLES, build_config
+from .client import with_ca_file
 from .errors import ConfigError, NodeError
 
 DEFAULT_URL = "http://127.0.0.1:5533"
@@ -43,13 +44,13 @@ def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
         yield bar.update
 
 
-url_option = click.option(
+url_option = with_ca_file(click.option(
     "--url",
     envvar="SEAMLESS_NODE_URL",
     default=DEFAULT_URL,
     show_default=True,
-    help="Base URL of the node (env SEAMLESS_NODE_URL).",
-)
+    help="Base URL of the node, http:// or https:// (env SEAMLESS_NODE_URL).",
+))
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

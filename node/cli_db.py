@@ -16,6 +16,7 @@ import click
 import httpx
 
 from .checksum import is_checksum
+from .client import with_ca_file
 from .config import build_config
 from .errors import ConfigError, NodeError
 
@@ -29,13 +30,13 @@ READ_TYPES = (
     "rev_transformations",
 )
 
-url_option = click.option(
+url_option = with_ca_file(click.option(
     "--url",
     envvar="SEAMLESS_NODE_URL",
     default=DEFAULT_URL,
     show_default=True,
-    help="Base URL of the node (env SEAMLESS_NODE_URL).",
-)
+    help="Base URL of the node, http:// or https:// (env SEAMLESS_NODE_URL).",
+))
 data_dir_option = click.option(
     "--data-dir",
     type=click.Path(file_okay=False),

@@ -16,17 +16,18 @@ import click
 import httpx
 
 from .checksum import is_checksum
+from .client import with_ca_file
 
 DEFAULT_URL = "http://127.0.0.1:5533"
 TERMINAL = ("done", "failed", "cancelled")
 
-url_option = click.option(
+url_option = with_ca_file(click.option(
     "--url",
     envvar="SEAMLESS_NODE_URL",
     default=DEFAULT_URL,
     show_default=True,
-    help="Base URL of the node (env SEAMLESS_NODE_URL).",
-)
+    help="Base URL of the node, http:// or https:// (env SEAMLESS_NODE_URL).",
+))
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 
 

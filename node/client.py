@@ -3,6 +3,11 @@
 Uploads stream from disk and downloads stream to a temp file that is verified before it
 is renamed into place, so neither side ever holds a large buffer in memory and a damaged
 download never appears under the requested name.
+
+An ``https://`` node is verified against the system's trust store, or against the CA
+certificates of the file named by ``SSL_CERT_FILE``; every command with ``--url`` also
+takes ``--ca-file FILE``, which sets ``SSL_CERT_FILE`` for that command (after checking
+that FILE holds a CA certificate), so that every HTTP client of the command uses it.
 """
 
 from __future__ import annotations
@@ -10,12 +15,14 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
+import click
 import httpx
 
 from .checksum import new_hasher, parse_checksum
 from .errors import NodeError
+from .tls import client_context
 
 CHUNK = 1 << 20
 Progress = Callable[[int], None]
@@ -24,6 +31,31 @@ _FRAME = struct.Struct(">32sq")
 
 class ClientError(NodeError):
     """The node answered with an error, or could not be reached."""
+
+
+def _use_ca_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        client_context(value, setting="--ca-file")
+    except NodeError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--ca-file: ")) from None
+    os.environ["SSL_CERT_FILE"] = value  # httpx (trust_env) and OpenSSL's defaults read it
+
+
+ca_file_option = click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False),
+    expose_value=False,
+    callback=_use_ca_file,
+    help="CA certificate(s) (PEM) that an https:// node's certificate must chain to, "
+    "instead of the system's trust store (the same as env SSL_CERT_FILE).",
+)
+
+
+def with_ca_file(option: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A ``--url`` option decorator that also adds ``--ca-file``."""
+    return lambda command: option(ca_file_option(command))
 
 
 def hash_file(path: str, progress: Progress | None = None) -> str:
