@@ -75,6 +75,19 @@ class PeerMisbehaved(PeerError):
     pass
 
 
+def failure_reason(exc: BaseException | None) -> str:
+    """Why a connection to a peer failed, readably: a TLS certificate that did not verify
+    is named as such (httpx and trio wrap it without a message)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"its TLS certificate is not accepted ({seen.verify_message or seen.reason})"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS failed ({seen.reason or seen})"
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
+
+
 class PeerClient:
     """Talks to peers as the node identified by ``watcher.identity``.
 
@@ -172,7 +185,7 @@ class PeerClient:
                 return
             finally:
                 await response.aclose()
-        raise PeerUnreachable(peer, f"cannot connect: {last}")
+        raise PeerUnreachable(peer, f"cannot connect: {failure_reason(last)}")
 
     async def _send(
         self,
@@ -220,7 +233,7 @@ class PeerClient:
                     if len(data) > MAX_ANSWER:
                         raise PeerMisbehaved(peer, f"answer over {MAX_ANSWER} bytes")
         except (httpx.TransportError, httpx.TimeoutException) as exc:
-            raise PeerUnreachable(peer, f"request failed: {exc}") from None
+            raise PeerUnreachable(peer, f"request failed: {failure_reason(exc)}") from None
         try:
             return json.loads(data)
         except (ValueError, RecursionError):
@@ -267,12 +280,12 @@ class PeerClient:
                         yielded = True
                         yield answer, body
                         return
-                except (OSError, trio.TooSlowError, h11.ProtocolError) as exc:
+                except (OSError, trio.TooSlowError, trio.BrokenResourceError, h11.ProtocolError) as exc:
                     if yielded:
                         raise
                     last = exc
                     break
-        raise PeerUnreachable(peer, f"cannot download: {last}")
+        raise PeerUnreachable(peer, f"cannot download: {failure_reason(last)}")
 
     async def keys(self, peer: str) -> KeySet:
         """The peer's key set, verified against its node id (unsigned request)."""
@@ -289,7 +302,7 @@ class PeerClient:
                 return KeySet.from_document(response.json(), node_id=peer)
             except (ValueError, IdentityError) as exc:
                 raise PeerMisbehaved(peer, f"bad key set: {exc}") from None
-        raise PeerUnreachable(peer, f"cannot fetch keys: {last or 'no URL known'}")
+        raise PeerUnreachable(peer, f"cannot fetch keys: {failure_reason(last) if last else 'no URL known'}")
 
     async def ping(self, peer: str) -> dict[str, Any]:
         return await self.call(peer, "GET", "/federation/ping")  # type: ignore[no-any-return]

@@ -25,7 +25,8 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 async def https_node(cluster: Cluster, name: str, host: str, certs: Certs, ca_file: Path | None) -> FedNode:
     federation = {"ca_file": str(ca_file)} if ca_file is not None else {}
-    return await cluster.start(cluster.add(name, host, node=tls_settings(certs.server), federation=federation))
+    fed = cluster.add(name, host, node=tls_settings(certs.server), federation=federation)
+    return await cluster.start(fed)
 
 
 async def test_buffers_and_signed_requests_between_nodes_over_https(cluster: Cluster, certs: Certs):
@@ -44,7 +45,7 @@ async def test_buffers_and_signed_requests_between_nodes_over_https(cluster: Clu
         assert (await a.federation.client.ping(b.node_id))["node_id"] == b.node_id
         assert await a.federation.client.has(b.node_id, [small_cs, large_cs]) == [len(small), len(large)]
         # fetch-on-miss through GET /buffers/<cs> at A
-        for cs, data in ((small_cs, small), (large_cs, large)):
+        for cs in (small_cs, large_cs):
             r = await https.get(f"{a.url}/buffers/{cs}")
             assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == cs
         fetched = a.context.metrics.value("seamless_node_federation_bytes_fetched_total", peer="b")

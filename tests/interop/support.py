@@ -150,10 +150,16 @@ async def run_tool(args: list[str], *, env: dict[str, str], cwd: Path, timeout: 
 
 
 async def drive_buffer_client(
-    mode: str, url: str, steps: list[dict], *, home: Path, timeout: float = 60
+    mode: str,
+    url: str,
+    steps: list[dict],
+    *,
+    home: Path,
+    timeout: float = 60,
+    extra_env: dict[str, str] | None = None,
 ) -> list[dict]:
     """Run buffer_client_driver.py (the real Seamless client code) and return its results."""
-    env = seamless_env(home, None)
+    env = {**seamless_env(home, None), **(extra_env or {})}
     with trio.fail_after(timeout):
         proc = await trio.run_process(
             [sys.executable, str(DRIVER), mode, url],
