@@ -134,7 +134,10 @@ async def test_client_stalling_in_the_handshake_is_cut(start_node, certs: Certs)
 
 
 async def test_a_client_stalled_in_the_handshake_does_not_hold_up_shutdown(start_node, certs: Certs):
-    node = await start_node(node={**tls_settings(certs.server), "header_timeout": 600.0})
+    """Shutdown closes a connection still in its handshake at once, like an idle one
+    (neither the handshake deadline nor the grace for requests in flight is waited for)."""
+    settings = {**tls_settings(certs.server), "header_timeout": 600.0, "shutdown_grace": 600.0}
+    node = await start_node(node=settings)
     stream = await connect(node.url)
     await stream.send_all(b"\x16\x03\x01\x02\x00")
     async with await https(certs) as client:  # the staller's task is running by now
