@@ -167,3 +167,36 @@ def test_a_certificate_without_its_key_is_a_configuration_error(tmp_path: Path, 
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 2 and "tls_key_file" in r.stderr
+
+
+async def test_receive_pieces_from_a_stream_fills_pieces_in_order_and_ends_at_eof():
+    """bulk.receive_pieces_from (the TLS form of the worker-thread receive): pieces of the
+    sizes asked, filled in order, never past them; [] once the stream has ended."""
+    from trio.testing import memory_stream_pair
+
+    from node.web import bulk
+
+    client, server = memory_stream_pair()
+    payload = os.urandom(3 * MiB + 100)
+    await client.send_all(payload)
+    await client.send_eof()
+    got = b""
+    offset = 0
+    while True:
+        sizes = bulk.piece_sizes(offset, len(payload) - offset) or [MiB]
+        pieces = await bulk.receive_pieces_from(server, sizes)
+        if not pieces:
+            break
+        for piece, size in zip(pieces, sizes, strict=False):
+            assert len(piece) <= size
+        got += b"".join(bytes(p) for p in pieces)
+        offset = len(got)
+    assert got == payload
+
+
+def test_only_a_tls_handshake_record_counts_as_tls():
+    from node.tls import looks_like_plain_http, looks_like_tls
+
+    assert looks_like_tls(b"\x16") and not looks_like_tls(b"G") and not looks_like_tls(b"")
+    assert looks_like_plain_http(b"GET") and looks_like_plain_http(b"PUT")
+    assert not looks_like_plain_http(b"\x16") and not looks_like_plain_http(b"get")
