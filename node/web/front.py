@@ -191,6 +191,9 @@ class Front:
                 secured, outcome = await self._handshake(stream)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 outcome = "handshake-failed"
+            except Exception:  # one connection's trouble never reaches the listener
+                log.exception("TLS handshake failed unexpectedly")
+                outcome = "handshake-failed"
             finally:
                 self._waiting_for_head.discard(waiting)
         if secured is not None:
