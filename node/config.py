@@ -190,10 +190,24 @@ class JoblessSection:
     #: look up / record results at this database server when the node runs no database role
     database_url: str | None = None
     max_wall_time: Seconds = Seconds(86400.0)
-    #: address space per job; 0 = no limit
+    #: memory of a job's whole process tree (its files included, in the sandbox); 0 = no limit
     max_memory: Size = Size(0)
-    #: size cap for every file a job writes and for each result buffer
+    #: bytes a job may write in all (files, stdout, stderr; per file without the sandbox),
+    #: and the size cap of each result buffer
     max_output: Size = Size(1024**3)
+    #: processes and threads a job may have at once (in the sandbox)
+    max_processes: int = 4096
+    #: run every job in a sandbox (docs/security.md); false is unsafe: jobs then run as the
+    #: node's user and see its data directory and key
+    sandbox: bool = True
+    #: the unprivileged user and group sandboxed jobs run as (not 0)
+    sandbox_uid: int = 65534
+    sandbox_gid: int = 65534
+    #: extra paths sandboxed jobs see, read-only (reference data, tools)
+    sandbox_paths: tuple[str, ...] = ()
+    #: which jobs reach the network: none, requested (a job whose environment's powers
+    #: ask for "network") or always
+    network: str = "none"
     #: a job nobody waits for any more (clients disconnected) is killed after this long
     orphan_grace: Seconds = Seconds(30.0)
     #: finished jobs remembered for status queries and listings
@@ -528,6 +542,15 @@ def _validate_jobless(cfg: JoblessSection) -> None:
         raise ConfigError("jobless.max_wall_time must be positive")
     if cfg.history < 1:
         raise ConfigError("jobless.history must be at least 1")
+    if cfg.network not in ("none", "requested", "always"):
+        raise ConfigError(f"jobless.network must be none, requested or always, got {cfg.network!r}")
+    if cfg.sandbox_uid <= 0 or cfg.sandbox_gid <= 0:
+        raise ConfigError("jobless.sandbox_uid and sandbox_gid must be unprivileged (above 0)")
+    if cfg.max_processes < 1:
+        raise ConfigError("jobless.max_processes must be at least 1")
+    for path in cfg.sandbox_paths:
+        if not os.path.isabs(path):
+            raise ConfigError(f"jobless.sandbox_paths: {path!r} is not an absolute path")
     for key in ("buffer_url", "database_url"):
         url = getattr(cfg, key)
         if url is not None and not re.match(r"https?://", url):

@@ -109,6 +109,8 @@ class Transformation:
     meta: dict[str, Any] = field(default_factory=dict)
     #: the source text, when the client sent it along (__code_text__)
     code_text: str | None = None
+    #: the checksum of the environment dict (__env__), not part of the identity
+    env_checksum: str | None = None
 
     @property
     def input_checksums(self) -> list[str]:
@@ -189,6 +191,7 @@ def parse_transformation(
         formats=formats,
         meta=meta if isinstance(meta, dict) else {},
         code_text=code_text if isinstance(code_text, str) else None,
+        env_checksum=env if is_checksum(env := extra.get("__env__")) else None,
     )
 
 

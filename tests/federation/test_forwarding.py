@@ -15,7 +15,7 @@ from node import celltypes
 from node.federation.canonical import b64encode
 from node.federation.peers import PeerRefused
 from node.transformation import transformation_checksum
-from tests.roles.jobless.support import Transformations, wait_for
+from tests.roles.jobless.support import Transformations, is_waiting, wait_for
 
 from .conftest import Cluster, FedNode
 
@@ -43,7 +43,7 @@ def job_pids(fed: FedNode) -> list[int]:
     for worker in jobless(fed).backend.workers:
         try:
             for proc in psutil.Process(worker.process.pid).children(recursive=True):
-                if proc.status() != psutil.STATUS_ZOMBIE and proc.name() != "seamless-ready":
+                if proc.status() != psutil.STATUS_ZOMBIE and not is_waiting(proc):
                     pids.append(proc.pid)
         except psutil.Error:
             continue

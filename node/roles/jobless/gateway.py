@@ -25,6 +25,7 @@ from ...errors import NodeError
 from ...store.mapping_requests import parse_query, parse_update
 from ...transformation import Transformation
 from ..base import NodeContext
+from .sandbox.plan import network_allowed
 from .spec import JobSpec, Limits, PinInput
 
 log = logging.getLogger("seamless_node.jobless")
@@ -182,7 +183,21 @@ class Gateway:
             pins=tuple(pins),
             limits=limits,
             meta=tf.meta,
+            network=await self.network_for(tf),
         )
+
+    async def network_for(self, tf: Transformation) -> bool:
+        """Whether the job may reach the network: jobless.network, and, under
+        ``requested``, the ``powers`` of the transformation's environment (``__env__``)."""
+        policy = self.context.config.jobless.network
+        if policy != "requested" or tf.env_checksum is None:
+            return network_allowed(policy, None)
+        data = await self.fetch(tf.env_checksum)
+        try:
+            env = deserialize(data, "plain") if data is not None else None
+        except CelltypeError:
+            env = None
+        return network_allowed(policy, env.get("powers") if isinstance(env, dict) else None)
 
     async def _members(self, key: str, data: bytes) -> dict[str, bytes]:
         try:

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 import trio
 from quart import Blueprint
 
+from ...config import NodeConfig
 from ..base import NodeContext, Role
 from .backends.base import Backend
 from .gateway import Gateway
+from .sandbox.plan import SandboxSettings
 from .service import JobService
 from .spec import Limits
 
@@ -21,14 +23,37 @@ if TYPE_CHECKING:
 log = logging.getLogger("seamless_node.jobless")
 
 
+def sandbox_settings(config: NodeConfig) -> SandboxSettings | None:
+    """How jobs are sandboxed (None: jobless.sandbox is off): the node's own paths are
+    the ones jobs must never see."""
+    cfg = config.jobless
+    if not cfg.sandbox:
+        return None
+    hidden = [config.node.data_dir, config.jobs_directory, config.buffer_directory, config.database_path,
+              config.key_file, config.peers_file, *config.buffers.extra_dirs, *config.database.extra_files]
+    hidden += [getattr(config.federation, "revocations_file", None) or ""]
+    tls = getattr(config.node, "tls", None)
+    hidden += [getattr(tls, "key_file", None) or "", getattr(config.node, "tls_key_file", None) or ""]
+    return SandboxSettings(
+        uid=cfg.sandbox_uid,
+        gid=cfg.sandbox_gid,
+        read_only=cfg.sandbox_paths,
+        hidden=tuple(os.path.abspath(p) for p in hidden if p),
+        max_processes=cfg.max_processes,
+        memory=int(cfg.max_memory),
+        output=int(cfg.max_output),
+    )
+
+
 def make_backend(context: NodeContext) -> Backend:
     cfg = context.config.jobless
     job_root = context.config.jobs_directory
+    settings = sandbox_settings(context.config)
     if cfg.backend == "dask":
         from .backends.dask import DaskBackend
 
         assert cfg.dask_scheduler is not None
-        return DaskBackend(cfg.dask_scheduler, job_root)
+        return DaskBackend(cfg.dask_scheduler, job_root, sandbox=settings)
     if cfg.backend == "slurm":
         from .backends.slurm import SlurmBackend
 
@@ -38,10 +63,11 @@ def make_backend(context: NodeContext) -> Backend:
             header=cfg.slurm_header,
             poll_interval=float(cfg.slurm_poll_interval),
             python=cfg.slurm_python,
+            sandbox=settings,
         )
     from .backends.local import LocalBackend
 
-    return LocalBackend(cfg.workers or os.cpu_count() or 1, job_root)
+    return LocalBackend(cfg.workers or os.cpu_count() or 1, job_root, settings.to_json() if settings else "")
 
 
 class JoblessRole(Role):
@@ -93,6 +119,12 @@ class JoblessRole(Role):
         if self.context.federation is not None:  # run peers' jobs, forward jobs to peers
             self.context.federation.attach_jobs(self.service, self.load)
         log.info("jobless: %s backend; jobs at /jobserver and /api/v1/jobs", self.backend.name)
+        cfg = self.context.config.jobless
+        if cfg.sandbox:
+            log.info("jobless: jobs run sandboxed as uid %d (network: %s)", cfg.sandbox_uid, cfg.network)
+        else:
+            log.warning("jobless: jobless.sandbox is off: jobs run as the node's own user and can read "
+                        "its data directory and key (unsafe)")
 
     async def aclose(self) -> None:
         await self.backend.aclose()

@@ -1,7 +1,8 @@
 """Run one job from a file: ``python -m node.roles.jobless.runner SPEC OUTCOME [JOB_ROOT]``.
 
 What Dask tasks and Slurm batch scripts execute: read a packed JobSpec from SPEC, run it
-under ``supervise`` (the same executors and limits as the local pool) and write the
+under ``supervise`` (the same executors, limits and sandbox as the local pool: the spec
+says how to sandbox it) and write the
 packed JobOutcome to OUTCOME (atomically: a complete file or none). SIGTERM or SIGINT
 (``scancel``, a Dask cancellation) kills the job's process group, still writes a
 "cancelled" outcome, and exits; job directories go under JOB_ROOT (default: next to
@@ -13,6 +14,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from .spec import JobOutcome, JobSpec
 
 
 def main(argv: list[str]) -> int:
@@ -22,7 +27,7 @@ def main(argv: list[str]) -> int:
     spec_path, outcome_path = argv[1], argv[2]
     job_root = argv[3] if len(argv) == 4 else os.path.dirname(os.path.abspath(spec_path))
 
-    from .executors import become_subreaper, supervise
+    from .executors import become_subreaper
     from .spec import JobOutcome, JobSpec
 
     become_subreaper()
@@ -48,7 +53,7 @@ def main(argv: list[str]) -> int:
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         outcome = JobOutcome.failure("internal", f"malformed job spec {spec_path}: {exc}")
     else:
-        outcome = supervise(spec, job_root, control_fd=wake_read, should_cancel=should_cancel)
+        outcome = _run(spec, job_root, wake_read, should_cancel)
     tmp = outcome_path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(outcome.to_bytes())
@@ -56,6 +61,28 @@ def main(argv: list[str]) -> int:
         os.fsync(f.fileno())
     os.rename(tmp, outcome_path)
     return 0
+
+
+def _run(spec: "JobSpec", job_root: str, wake_read: int, should_cancel: "Callable[[], bool]") -> "JobOutcome":
+    """Run the job, in the sandbox its spec asks for."""
+    from .backends.local import refusal_line
+    from .executors import supervise
+    from .sandbox.plan import SandboxSettings
+    from .sandbox.setup import Sandbox, SandboxUnavailable
+    from .spec import JobOutcome
+
+    sandbox = None
+    if spec.sandbox is not None:
+        sandbox = Sandbox(SandboxSettings.from_dict(spec.sandbox), os.path.join(job_root, ".sandbox"))
+        try:
+            sandbox.open()
+        except SandboxUnavailable as exc:
+            return JobOutcome.failure("internal", refusal_line(str(exc)))
+    try:
+        return supervise(spec, job_root, control_fd=wake_read, should_cancel=should_cancel, sandbox=sandbox)
+    finally:
+        if sandbox is not None:
+            sandbox.close()
 
 
 if __name__ == "__main__":

@@ -81,6 +81,10 @@ class JobSpec:
     pins: tuple[PinInput, ...] = ()
     limits: Limits = field(default_factory=Limits)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: whether the job may reach the network (jobless.network and the job's powers)
+    network: bool = False
+    #: how a runner sandboxes the job (SandboxSettings as a dict); None: not at all
+    sandbox: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
         blobs: list[bytes] = []
@@ -104,6 +108,8 @@ class JobSpec:
             "limits": asdict(self.limits),
             "meta": self.meta,
             "pins": pins,
+            "network": self.network,
+            "sandbox": self.sandbox,
         }
         return pack(header, blobs)
 
@@ -131,6 +137,8 @@ class JobSpec:
             pins=tuple(pins),
             limits=Limits(**header["limits"]),
             meta=header.get("meta") or {},
+            network=bool(header.get("network", False)),
+            sandbox=header.get("sandbox"),
         )
 
 

@@ -74,6 +74,17 @@ def workers() -> list[psutil.Process]:
     return found
 
 
+def is_waiting(proc: psutil.Process) -> bool:
+    """The next job's process, waiting for its job (in the sandbox: also its shim, the
+    process outside the job's PID namespace that waits for it)."""
+    name = proc.name()
+    if name == "seamless-ready":
+        return True
+    if name == "seamless-shim":
+        return all(child.name() == "seamless-ready" for child in proc.children())
+    return False
+
+
 def job_processes() -> list[psutil.Process]:
     """Job processes of the local pools started by this (test) process: every descendant
     of a pool worker, except the next job's process waiting in each worker."""
@@ -85,7 +96,7 @@ def job_processes() -> list[psutil.Process]:
             continue
         for proc in descendants:
             try:
-                if proc.status() == psutil.STATUS_ZOMBIE or proc.name() == "seamless-ready":
+                if proc.status() == psutil.STATUS_ZOMBIE or is_waiting(proc):
                     continue
             except psutil.Error:
                 continue

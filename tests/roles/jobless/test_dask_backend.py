@@ -38,6 +38,8 @@ async def test_dask_runs_fails_and_cancels(start_node, http, cluster):
     add = tfs.python("def add(a, b):\n    return a * 100 + b\n", a=4, b=3)
     bash = tfs.bash("echo $greeting > RESULT; cat data >> RESULT", greeting="hi", data=b"raw\n")
     failing = tfs.python("def f():\n    raise KeyError('missing')\n")
+    sandboxed = tfs.bash(f"id -u > RESULT; if [ -e {node.config.node.data_dir} ]; then echo visible; "
+                         "else echo absent; fi >> RESULT")
     slow = tfs.bash("sleep 1004 & sleep 1004; wait")
     await tfs.upload(http, url)
 
@@ -52,6 +54,8 @@ async def test_dask_runs_fails_and_cancels(start_node, http, cluster):
     job = await submit(bash)
     assert job["state"] == "done"
     assert (await http.get(f"{url}/buffers/{job['result']}")).content == b"hi\nraw\n"
+    job = await submit(sandboxed)  # the runner on the worker sandboxes the job as the local pool does
+    assert (await http.get(f"{url}/buffers/{job['result']}")).content == b"65534\nabsent\n"
     job = await submit(failing)
     assert job["state"] == "failed" and "KeyError: 'missing'" in job["error"]
 

@@ -86,7 +86,9 @@ async def test_failed_job_is_not_recorded_and_reports(job_node, http):
     assert r.status_code == 404
 
 
-async def test_identical_transformations_run_once(job_node, http, tmp_path):
+async def test_identical_transformations_run_once(start_node, http, tmp_path):
+    # the job leaves a mark outside itself, which only an unsandboxed job can do
+    job_node = await start_node(node=JOBLESS, jobless={"workers": 2, "sandbox": False})
     marker = tmp_path / "marker"
     tfs = Transformations()
     tf = tfs.bash('echo ran >> "$marker"; sleep 0.5; echo done > RESULT', marker=str(marker))

@@ -54,6 +54,8 @@ async def test_slurm_runs_fails_and_cancels(start_node, http, slurm, tmp_path):
     add = tfs.python("def add(a, b):\n    return a * 100 + b\n", a=4, b=3)
     bash = tfs.bash("echo $greeting > RESULT; cat data >> RESULT", greeting="hi", data=b"raw\n")
     failing = tfs.bash("echo bad >&2; exit 4")
+    sandboxed = tfs.bash(f"id -u > RESULT; if [ -e {node.config.node.data_dir} ]; then echo visible; "
+                         "else echo absent; fi >> RESULT")
     slow = tfs.bash("sleep 1005 & sleep 1005; wait")
     await tfs.upload(http, url)
 
@@ -67,6 +69,8 @@ async def test_slurm_runs_fails_and_cancels(start_node, http, slurm, tmp_path):
     job = await submit(bash)
     assert job["state"] == "done"
     assert (await http.get(f"{url}/buffers/{job['result']}")).content == b"hi\nraw\n"
+    job = await submit(sandboxed)  # the runner on the worker sandboxes the job as the local pool does
+    assert (await http.get(f"{url}/buffers/{job['result']}")).content == b"65534\nabsent\n"
     job = await submit(failing)
     assert job["state"] == "failed" and "Return code 4" in job["error"] and "bad" in job["error"]
 

@@ -9,11 +9,18 @@ service decides what happens to an outcome, and a cancelled call has none.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, Callable
 
 import trio
 
+from ..sandbox.plan import SandboxSettings
 from ..spec import JobOutcome, JobSpec
+
+
+def with_sandbox(spec: JobSpec, settings: SandboxSettings | None) -> JobSpec:
+    """The spec a runner on another machine gets: it says how to sandbox the job."""
+    return dataclasses.replace(spec, sandbox=settings.to_dict() if settings is not None else None)
 
 
 class BackendError(Exception):

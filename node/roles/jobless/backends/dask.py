@@ -20,9 +20,10 @@ from typing import Any, Callable
 
 import trio
 
+from ..sandbox.plan import SandboxSettings
 from ..spec import JobOutcome, JobSpec
 from . import dask_task
-from .base import Backend, BackendError
+from .base import Backend, BackendError, with_sandbox
 
 log = logging.getLogger("seamless_node.jobless")
 
@@ -30,9 +31,12 @@ log = logging.getLogger("seamless_node.jobless")
 class DaskBackend(Backend):
     name = "dask"
 
-    def __init__(self, scheduler: str, job_root: str | None = None) -> None:
+    def __init__(self, scheduler: str, job_root: str | None = None, *,
+                 sandbox: SandboxSettings | None = None) -> None:
         self.scheduler = scheduler
         self.job_root = job_root
+        #: how the runner on the worker sandboxes each job (None: not at all)
+        self.sandbox = sandbox
         self.client: Any = None
         self.running = 0
         #: threads waiting on futures; one per running job
@@ -59,7 +63,7 @@ class DaskBackend(Backend):
         if self.client is None:
             return JobOutcome.failure("internal", "the Dask backend is not connected")
         key = f"seamless-job-{spec.checksum[:16]}-{uuid.uuid4().hex[:12]}"
-        payload = spec.to_bytes()
+        payload = with_sandbox(spec, self.sandbox).to_bytes()
 
         def submit() -> Any:
             return self.client.submit(dask_task.run_job, payload, key, self.job_root, key=key, pure=False)

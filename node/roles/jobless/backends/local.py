@@ -45,6 +45,18 @@ class WorkerGone(Exception):
     pass
 
 
+class SandboxRefused(BackendError):
+    """The workers cannot sandbox jobs here: no job runs (the text says why)."""
+
+
+def refusal_line(reason: str) -> str:
+    """The one line a job refused for want of a sandbox fails with (and the log says)."""
+    return (
+        f"jobs are refused: {reason}. Setting jobless.sandbox: off runs jobs without a sandbox, "
+        "as the node's own user, with its data directory and key in reach (unsafe; docs/security.md)"
+    )
+
+
 def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, data in ancillary:
@@ -66,14 +78,18 @@ class Worker:
         #: the worker's report on the current job's process ("exited"), once it came
         self.exit_report: dict[str, Any] | None = None
         self.gone = False
+        #: why the worker could not set the job sandbox up, if it could not
+        self.unavailable: str | None = None
 
     @classmethod
-    async def spawn(cls, job_root: str, nursery: trio.Nursery) -> "Worker":
+    async def spawn(cls, job_root: str, nursery: trio.Nursery, sandbox: str = "") -> "Worker":
+        """Start a worker; *sandbox*: its SandboxSettings as JSON ("": jobs run unsandboxed)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEAMLESS_NODE")}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [sys.executable, "-m", "node.roles.jobless.backends.worker", job_root, str(theirs.fileno())]
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "node.roles.jobless.backends.worker", job_root, str(theirs.fileno())],
+                argv + ([sandbox] if sandbox else []),
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 env=env,
@@ -90,6 +106,10 @@ class Worker:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await process.wait()
             raise
+        if worker.unavailable is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await process.wait()
+            raise SandboxRefused(worker.unavailable)
         if worker.gone:
             raise BackendError("a jobless worker process ended while starting")
         return worker
@@ -112,6 +132,8 @@ class Worker:
                         os.close(fd)
                     if message.get("op") == "exited":
                         self.exits_send.send_nowait(message)
+                    elif message.get("op") == "unavailable":
+                        self.unavailable = str(message.get("error", "the job sandbox cannot be set up"))
         except (OSError, trio.ClosedResourceError, ValueError):
             pass
         finally:
@@ -264,9 +286,11 @@ class Worker:
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, size: int, job_root: str) -> None:
+    def __init__(self, size: int, job_root: str, sandbox: str = "") -> None:
         self.size = size
         self.job_root = job_root
+        #: SandboxSettings as JSON, handed to every worker ("": no sandbox)
+        self.sandbox = sandbox
         self.workers: list[Worker] = []
         self._idle_send, self._idle_receive = trio.open_memory_channel[Worker](size)
         self.busy = 0
@@ -288,7 +312,13 @@ class LocalBackend(Backend):
         async def one() -> None:
             assert self._nursery is not None
             try:
-                worker = await Worker.spawn(self.job_root, self._nursery)
+                worker = await Worker.spawn(self.job_root, self._nursery, self.sandbox)
+            except SandboxRefused as exc:
+                self.spawn_failures += 1
+                if self.spawn_error is None:
+                    log.error("jobless: %s", refusal_line(str(exc)))
+                self.spawn_error = refusal_line(str(exc))
+                return
             except (OSError, BackendError, WorkerGone, trio.TooSlowError) as exc:
                 self.spawn_error = f"cannot start a jobless worker process: {exc}"
                 self.spawn_failures += 1
@@ -310,7 +340,7 @@ class LocalBackend(Backend):
                 self.workers.remove(worker)
             assert self._nursery is not None
             try:
-                fresh = await Worker.spawn(self.job_root, self._nursery)
+                fresh = await Worker.spawn(self.job_root, self._nursery, self.sandbox)
             except (OSError, BackendError, WorkerGone, trio.TooSlowError) as exc:
                 self.spawn_error = f"cannot restart a jobless worker process: {exc}"
                 self.spawn_failures += 1

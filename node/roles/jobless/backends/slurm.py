@@ -27,8 +27,9 @@ from typing import Any, Callable
 
 import trio
 
+from ..sandbox.plan import SandboxSettings
 from ..spec import JobOutcome, JobSpec
-from .base import Backend, BackendError
+from .base import Backend, BackendError, with_sandbox
 
 log = logging.getLogger("seamless_node.jobless")
 
@@ -82,8 +83,11 @@ class SlurmBackend(Backend):
     name = "slurm"
 
     def __init__(self, job_root: str, *, partition: str | None = None, header: tuple[str, ...] = (),
-                 poll_interval: float = 0.5, python: str | None = None) -> None:
+                 poll_interval: float = 0.5, python: str | None = None,
+                 sandbox: SandboxSettings | None = None) -> None:
         self.root = os.path.join(job_root, "slurm")
+        #: how the runner on the compute node sandboxes each job (None: not at all)
+        self.sandbox = sandbox
         self.partition = partition
         self.header = header
         self.poll_interval = poll_interval
@@ -109,7 +113,7 @@ class SlurmBackend(Backend):
         directory = tempfile.mkdtemp(prefix=f"job-{spec.checksum[:12]}-", dir=self.root)
         spec_path = os.path.join(directory, "spec")
         with open(spec_path, "wb") as f:
-            f.write(spec.to_bytes())
+            f.write(with_sandbox(spec, self.sandbox).to_bytes())
         script = batch_script(
             spec_path, os.path.join(directory, "outcome"), os.path.join(directory, "work"),
             name=f"seamless-{spec.checksum[:12]}", log_path=os.path.join(directory, "slurm.log"),

@@ -1,4 +1,4 @@
-"""A local pool worker: ``python -m node.roles.jobless.backends.worker JOB_ROOT SOCKET_FD``.
+"""A local pool worker: ``python -m node.roles.jobless.backends.worker JOB_ROOT SOCKET_FD [SANDBOX]``.
 
 A long-lived, single-threaded process that has already imported everything a job needs
 (numpy, the celltypes, the executors). It keeps the next job's process forked ahead
@@ -7,6 +7,10 @@ that process's two pipes to the node*: the node writes the spec straight into th
 process and reads the outcome straight from it, so a job's round trip crosses no
 process but the job's own. The worker watches: the wall-time limit, cancellation, the
 process's end, and the cleanup afterwards.
+
+With SANDBOX (SandboxSettings as JSON), the worker sets the job sandbox up first
+(node.roles.jobless.sandbox), once, and runs every job in it; when it cannot, it says why
+(``{"op": "unavailable", "error": ...}``) and ends.
 
 Control messages go over a Unix SOCK_SEQPACKET socket (one JSON object per message; file
 descriptors as SCM_RIGHTS):
@@ -42,6 +46,7 @@ from typing import Any
 
 def main(argv: list[str]) -> int:
     job_root, sock = argv[1], socket.socket(fileno=int(argv[2]))
+    settings = argv[3] if len(argv) > 3 else ""
     # warm up: what every job needs is imported once, before any fork
     import numpy  # noqa: F401
 
@@ -49,6 +54,17 @@ def main(argv: list[str]) -> int:
     from ..executors import supervisor as sup
     from ..executors.supervisor import Child
 
+    sandbox = None
+    if settings:
+        from ..sandbox.plan import SandboxSettings
+        from ..sandbox.setup import Sandbox, SandboxUnavailable
+
+        sandbox = Sandbox(SandboxSettings.from_json(settings), os.path.join(job_root, ".sandbox"))
+        try:
+            sandbox.open()
+        except SandboxUnavailable as exc:
+            sock.send(json.dumps({"op": "unavailable", "error": str(exc)}).encode())
+            return 3
     become_subreaper()
     children: dict[str, Child] = {}  # "ready": forked ahead, "job": running the current job
 
@@ -76,7 +92,7 @@ def main(argv: list[str]) -> int:
         return json.loads(data) if data else None
 
     def offer() -> None:
-        ready = children["ready"] = sup.prepare(job_root)
+        ready = children["ready"] = sup.prepare(job_root, sandbox)
         send({"op": "ready", "pid": ready.pid}, [ready.spec_fd, ready.out_fd])
         os.close(ready.spec_fd)  # the node holds the pipes now
         os.close(ready.out_fd)
@@ -119,12 +135,20 @@ def main(argv: list[str]) -> int:
         stderr = sup._tail(os.path.join(job.ctldir, "stderr"))
         if not gone:
             send({"op": "exited", "ended_by": ended_by, "how": how, "stderr": stderr})
+        if gone:  # the node went away: nothing of ours may outlive it, fast
+            sup.kill_group(job.pid)
         sup.finish(children.pop("job"))
         if gone:
             break
-        offer()
+        try:
+            offer()
+        except OSError:  # the node went away meanwhile
+            break
     for child_ in list(children.values()):
+        sup.kill_group(child_.pid)  # a process forked ahead that no job will come to
         sup.finish(child_)
+    if sandbox is not None:
+        sandbox.close()
     return 0
 
 

@@ -100,10 +100,15 @@ def read_result_file(data: bytes, output_celltype: str) -> Any:
 
 
 def _terminate_background_jobs() -> None:
-    """SIGTERM every other process of this job's process group (this process leads it)."""
+    """SIGTERM every other process of this job's process group (this process leads it),
+    or, in the sandbox, where this process is the init of the job's PID namespace, every
+    other process of the namespace (those that left the group with setsid included)."""
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        os.killpg(os.getpgrp(), signal.SIGTERM)
+        if os.getpid() == 1:
+            os.kill(-1, signal.SIGTERM)
+        else:
+            os.killpg(os.getpgrp(), signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         pass
     finally:
@@ -165,6 +170,8 @@ def run_bash(spec: JobSpec, workdir: str, ctldir: str, environ: dict[str, str]) 
     _terminate_background_jobs()
     if proc.returncode:
         code = proc.returncode if proc.returncode > 0 else f"killed by signal {-proc.returncode}"
+        if proc.returncode == -signal.SIGKILL and spec.limits.memory and os.getpid() == 1:
+            code = f"{code} (in the sandbox only the kernel's OOM killer does that: out of memory)"
         raise BashFailure(_report(f"Return code {code}", spec.code, _tail(stdout_path), _tail(stderr_path)))
     result_path = os.path.join(workdir, "RESULT")
     if os.path.isdir(result_path):

@@ -19,13 +19,16 @@ import signal
 import struct
 import sys
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ....celltypes import CelltypeError, serialize
 from .. import spec as S
 from ..spec import JobOutcome, JobSpec
 from .bash import BashFailure, run_bash
 from .python import PythonFailure, run_python
+
+if TYPE_CHECKING:
+    from ..sandbox.setup import Sandbox, Slot
 
 DEEP = ("deepcell", "deepfolder", "folder")
 
@@ -72,6 +75,22 @@ def _limit(which: int, value: int) -> None:
 
 def _memory_text(limit: int) -> str:
     return f"memory limit exceeded: the job may use at most {limit} bytes of memory (jobless.max_memory)"
+
+
+_OUTPUT_TEXT = "output limit exceeded: the job may write at most {} bytes (jobless.max_output)"
+
+
+def run_sandboxed(spec: JobSpec, workdir: str, ctldir: str, sandbox: "Sandbox") -> JobOutcome:
+    """``run_in_child``, naming the job's limit when a failure came from one."""
+    outcome = run_in_child(spec, workdir, ctldir)
+    if outcome.ok or outcome.kind != S.ERROR:
+        return outcome
+    hit = sandbox.limit_hit()
+    if hit == "memory":
+        return JobOutcome.failure(S.MEMORY, f"{_memory_text(spec.limits.memory)}\n\n{outcome.error}")
+    if hit == "output":
+        return JobOutcome.failure(S.OUTPUT, f"{_OUTPUT_TEXT.format(spec.limits.output)}\n\n{outcome.error}")
+    return outcome
 
 
 def run_in_child(spec: JobSpec, workdir: str, ctldir: str) -> JobOutcome:
@@ -122,18 +141,54 @@ def _stats() -> dict[str, float]:
     }
 
 
-def child_main(spec_fd: int, out_fd: int, workdir: str, ctldir: str) -> None:
+def _input_bytes(spec: JobSpec) -> int:
+    return sum(len(p.data) + sum(len(m) for m in (p.members or {}).values()) for p in spec.pins)
+
+
+def _sandbox_init(spec_fd: int, out_fd: int) -> None:
+    """In the sandbox, the job runs as the init of a PID namespace of its own; this
+    process (forked by the supervisor) stays outside as its shim: it waits for it and
+    ends the same way, so the supervisor sees the job's end as before. Returns in the
+    job's process only."""
+    from ..sandbox import linux
+
+    linux.unshare(linux.CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:
+        if _PRCTL is not None:
+            _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # die with the shim
+        return
+    os.close(spec_fd)
+    os.close(out_fd)
+    _set_name(b"seamless-shim")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _pid, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
+
+
+def child_main(spec_fd: int, out_fd: int, workdir: str, ctldir: str, *,
+               sandbox: "Sandbox | None" = None, slot: "Slot | None" = None) -> None:
     """Entry point of the forked job process; never returns.
 
-    Forked ahead of its job: it settles into its own session and directories first,
+    Forked ahead of its job: it settles into its own session and directories first
+    (with a *sandbox*: its cgroup, its PID namespace, its root; node.roles.jobless.sandbox),
     then waits for a framed JobSpec on *spec_fd* (end of input: exit quietly) and
     answers with a framed JobOutcome on *out_fd* (``uint64 length`` + bytes)."""
     status = 1
     try:
+        _set_name(b"seamless-ready")  # what ps shows while the process waits for a job
         os.setsid()
         if _PRCTL is not None:
             _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the supervisor
-        _set_name(b"seamless-ready")  # what ps shows while the process waits for a job
+        if sandbox is not None and slot is not None:
+            slot.cgroup.add(os.getpid())  # before anything is forked: the whole tree is in it
+            _sandbox_init(spec_fd, out_fd)
+            sandbox.enter(slot)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the cap fails with EFBIG
@@ -153,9 +208,15 @@ def child_main(spec_fd: int, out_fd: int, workdir: str, ctldir: str) -> None:
             return
         spec = JobSpec.from_bytes(data)
         _set_name(b"seamless-job")
-        _limit(resource.RLIMIT_AS, spec.limits.memory)
-        _limit(resource.RLIMIT_FSIZE, spec.limits.output + 65536 if spec.limits.output else 0)
-        outcome = run_in_child(spec, workdir, ctldir)
+        if sandbox is not None:  # the cgroup and the tmpfs limit the whole job
+            sandbox.restrict(_input_bytes(spec), spec.network)
+        else:
+            _limit(resource.RLIMIT_AS, spec.limits.memory)
+            _limit(resource.RLIMIT_FSIZE, spec.limits.output + 65536 if spec.limits.output else 0)
+        if sandbox is not None:
+            outcome = run_sandboxed(spec, workdir, ctldir, sandbox)
+        else:
+            outcome = run_in_child(spec, workdir, ctldir)
         outcome = dataclasses.replace(outcome, stats=_stats())
         payload = outcome.to_bytes()
         view = memoryview(_FRAME.pack(len(payload)) + payload)

@@ -27,12 +27,16 @@ import struct
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .. import spec as S
 from ..spec import JobOutcome, JobSpec
 
+if TYPE_CHECKING:
+    from ..sandbox.setup import Sandbox, Slot
+
 _MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "bad_alloc", "out of memory")
+_OUTPUT_SIGNS = ("File too large", "File size limit exceeded", "No space left on device")
 
 
 def become_subreaper() -> bool:
@@ -103,8 +107,11 @@ def _classify(outcome: JobOutcome, spec: JobSpec, stderr: str) -> JobOutcome:
             f"(jobless.max_memory)\n\n{outcome.error}"
         )
         return JobOutcome.failure(S.MEMORY, error, outcome.stats)
-    if spec.limits.output and ("File too large" in text or "File size limit exceeded" in text):
-        error = f"output limit exceeded: a file grew over {spec.limits.output} bytes\n\n{outcome.error}"
+    if spec.limits.output and any(sign in text for sign in _OUTPUT_SIGNS):
+        error = (
+            f"output limit exceeded: the job may write at most {spec.limits.output} bytes "
+            f"(jobless.max_output)\n\n{outcome.error}"
+        )
         return JobOutcome.failure(S.OUTPUT, error, outcome.stats)
     return outcome
 
@@ -127,6 +134,9 @@ class Child:
     jobdir: str
     workdir: str
     ctldir: str
+    #: the job's tmpfs and cgroup, when it runs sandboxed
+    slot: "Slot | None" = None
+    sandbox: "Sandbox | None" = None
     status: int | None = None  # set once reaped
 
     def reap(self, block: bool = True) -> bool:
@@ -138,25 +148,34 @@ class Child:
         return True
 
 
-def prepare(job_root: str) -> Child:
-    """Fork a job process that waits for its spec."""
+def prepare(job_root: str, sandbox: "Sandbox | None" = None) -> Child:
+    """Fork a job process that waits for its spec (in a sandbox slot of its own, when
+    *sandbox* is given: its directories are then ``/job/work`` and ``/job/ctl`` as the
+    job sees them)."""
     from .child import child_main
 
-    os.makedirs(job_root, exist_ok=True)
-    jobdir = tempfile.mkdtemp(prefix="job-", dir=job_root)
-    workdir, ctldir = os.path.join(jobdir, "work"), os.path.join(jobdir, "ctl")
-    os.mkdir(workdir, 0o700)
-    os.mkdir(ctldir, 0o700)
+    slot = None
+    if sandbox is not None:
+        slot = sandbox.new_slot()
+        jobdir, ctldir = slot.path, slot.ctldir
+        child_dirs = ("/job/work", "/job/ctl")
+    else:
+        os.makedirs(job_root, exist_ok=True)
+        jobdir = tempfile.mkdtemp(prefix="job-", dir=job_root)
+        ctldir = os.path.join(jobdir, "ctl")
+        child_dirs = (os.path.join(jobdir, "work"), ctldir)
+        os.mkdir(child_dirs[0], 0o700)
+        os.mkdir(ctldir, 0o700)
     spec_r, spec_w = os.pipe()
     out_r, out_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child never returns
         os.close(spec_w)
         os.close(out_r)
-        child_main(spec_r, out_w, workdir, ctldir)
+        child_main(spec_r, out_w, *child_dirs, sandbox=sandbox, slot=slot)
     os.close(spec_r)
     os.close(out_w)
-    return Child(pid, os.pidfd_open(pid), spec_w, out_r, jobdir, workdir, ctldir)
+    return Child(pid, os.pidfd_open(pid), spec_w, out_r, jobdir, child_dirs[0], ctldir, slot, sandbox)
 
 
 def finish(child: Child, keep: frozenset[int] = frozenset()) -> None:
@@ -178,7 +197,10 @@ def finish(child: Child, keep: frozenset[int] = frozenset()) -> None:
             os.close(fd)
         except OSError:
             pass
-    shutil.rmtree(child.jobdir, ignore_errors=True)
+    if child.sandbox is not None and child.slot is not None:
+        child.sandbox.release(child.slot)
+    else:
+        shutil.rmtree(child.jobdir, ignore_errors=True)
 
 
 def supervise(
@@ -188,9 +210,10 @@ def supervise(
     on_started: Callable[[int], None] | None = None,
     control_fd: int | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    sandbox: "Sandbox | None" = None,
 ) -> JobOutcome:
     """Run *spec* to its end in a new child; never raises for anything the job does."""
-    child = prepare(job_root)
+    child = prepare(job_root, sandbox)
     try:
         return run(child, spec, on_started=on_started, control_fd=control_fd, should_cancel=should_cancel)
     finally:
@@ -234,6 +257,11 @@ def run(
 def exit_description(child: Child, memory_limit: int) -> str:
     """How an exited (not yet reaped) job process ended, in words."""
     info = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    if child.slot is not None and child.slot.cgroup.oom_killed():
+        return (
+            f"the job ran out of memory: memory limit exceeded (the job may use at most {memory_limit} "
+            "bytes of memory, jobless.max_memory)"
+        )
     if info is not None and info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
         sig = info.si_status
         what = f"the job process was killed by signal {sig} ({signal.Signals(sig).name})"
