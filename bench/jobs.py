@@ -23,7 +23,10 @@ input buffers. Every transformation is distinct (no cache hits) unless said othe
 
 Usage::
 
-    python bench/jobs.py [--workers 2] [--n 100] [--burst 500] [--rounds 3] [--json out.json]
+    python bench/jobs.py [--workers 2] [--n 100] [--burst 500] [--rounds 3] [--json out.json] [--no-sandbox]
+
+The node's jobs run sandboxed, as by default (``--no-sandbox``: without, to measure what
+the sandbox costs).
 
 Both servers run for the whole benchmark; each round measures both, alternating which
 goes first. The table shows medians over rounds; ratios are medians of each round's
@@ -115,9 +118,10 @@ async def start_upstream(workdir: str, workers: int) -> Stack:
     return stack
 
 
-async def start_node(workdir: str, workers: int) -> Stack:
+async def start_node(workdir: str, workers: int, sandbox: bool = True) -> Stack:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEAMLESS_")}
     env["SEAMLESS_NODE__JOBLESS__WORKERS"] = str(workers)
+    env["SEAMLESS_NODE__JOBLESS__SANDBOX"] = "true" if sandbox else "false"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _spawn([sys.executable, "-m", "node", "run", "--roles", "buffers,database,jobless", "--port",
@@ -366,7 +370,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]
     results: dict[str, list[dict[str, Any]]] = {"upstream": [], "node": []}
     try:
         stacks["upstream"] = await start_upstream(workdirs["upstream"], args.workers)
-        stacks["node"] = await start_node(workdirs["node"], args.workers)
+        stacks["node"] = await start_node(workdirs["node"], args.workers, sandbox=not args.no_sandbox)
         for round_ in range(args.rounds):
             for key in ("upstream", "node") if round_ % 2 == 0 else ("node", "upstream"):
                 print(f"round {round_ + 1}: measuring {stacks[key].name} ...", file=sys.stderr)
@@ -385,6 +389,8 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--n", type=int, default=100, help="round trips per measurement")
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="run the node's jobs without the sandbox (to measure what the sandbox costs)")
     parser.add_argument("--burst", type=int, default=500, help="transformations submitted at once")
     parser.add_argument("--cancel-window", type=float, default=5.0)
     parser.add_argument("--burst-window", type=float, default=120.0,

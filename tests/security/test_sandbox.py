@@ -213,7 +213,7 @@ async def test_a_job_whose_worker_dies_leaves_no_process_behind(start_node, http
     r = await http.post(f"{node.url}/api/v1/jobs", json={"transformation": tf})
     assert r.status_code == 202
     await wait_for(lambda: len(_escapees("orphan")) == 1, timeout=20)
-    (worker,) = workers()
+    (worker,) = [w for w in workers() if node.config.jobs_directory in w.cmdline()]
     assert worker.is_running()  # the job could not reach it
     worker.send_signal(signal.SIGKILL)  # the worker dies anyway (a crash, the OOM killer)
     await wait_for(lambda: not _escapees("orphan"), timeout=5)
