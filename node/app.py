@@ -22,6 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 from quart import Response, request
 
 from . import __version__
+from .access.policy import AccessPolicy
 from .config import NodeConfig
 from .errors import NodeError
 from .federation.service import federation_enabled
@@ -34,6 +35,7 @@ from .web.fastpath import FastPath, route
 from .web.fastpath import Request as FastRequest
 from .web.fastpath import Response as FastResponse
 from .web.front import Front
+from .web.guard import Guard
 
 log = logging.getLogger("seamless_node")
 
@@ -93,7 +95,8 @@ def build_node(config: NodeConfig) -> Node:
         from .federation.routes_fast import federation_fast_routes
 
         fast += federation_fast_routes(context.federation)
-    return Node(config, app, context, roles, FastPath(app, fast, metrics))
+    guard = Guard(AccessPolicy.from_config(config))  # who may do what (docs/security.md)
+    return Node(config, app, context, roles, FastPath(app, fast, metrics, guard))
 
 
 async def _healthcheck(request: FastRequest) -> FastResponse:
