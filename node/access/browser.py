@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -77,6 +77,11 @@ class NodeNames:
     names: frozenset[str]
     #: (name, port) pairs valid with exactly that port
     names_with_port: frozenset[tuple[str, int]]
+    #: answers given, by (Host field, local address): parsing addresses costs microseconds
+    _seen: dict[tuple[str | None, tuple[str, int] | None], bool] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    CACHE = 1024
 
     @classmethod
     def build(cls, public_names: Iterable[str], listen_host: str) -> "NodeNames":
@@ -99,6 +104,15 @@ class NodeNames:
 
     def allows(self, host_field: str | None, local: tuple[str, int] | None) -> bool:
         """Whether *host_field* names this node, for a connection to the address *local*."""
+        key = (host_field, local)
+        known = self._seen.get(key)
+        if known is None:
+            if len(self._seen) >= self.CACHE:
+                self._seen.clear()  # many different names: someone probing; start over
+            known = self._seen[key] = self._allows(host_field, local)
+        return known
+
+    def _allows(self, host_field: str | None, local: tuple[str, int] | None) -> bool:
         if host_field is None:
             return True  # HTTP/1.0 without Host: not a browser (HTTP/1.1 requires the field)
         parsed = split_host(host_field)
