@@ -31,7 +31,7 @@ from .access.tokens import TokenError, create_token, load_tokens, revoke_tokens
 from .config import build_config, parse_seconds
 from .errors import ConfigError
 
-_SECRET = re.compile(r"/t/[^/\s\"']+|snt_[A-Za-z0-9_-]+")
+_SECRET = re.compile(r"/t/[^/\s\"':]+|snt_[A-Za-z0-9_-]+")
 _META_KEY = "seamless_node_token"
 
 
