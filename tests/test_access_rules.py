@@ -7,6 +7,8 @@ import os
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.access.browser import NodeNames, is_json, origin_refused, parse_origins, split_host
 from node.access.policy import AccessPolicy, NetworkGrants, facts_of
@@ -168,3 +170,36 @@ def test_the_path_prefix_is_cut_before_anything_sees_it(tmp_path):
                    "10.0.0.1", ("127.0.0.1", 1))
     verdict = policy.decide(bad)
     assert verdict.status == 401 and token not in verdict.path and token not in verdict.message
+
+
+_text = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x2FF), max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]),
+    path=st.one_of(_text.map(lambda s: "/" + s), _text.map(lambda s: "/t/" + s)),
+    fields=st.lists(st.tuples(st.sampled_from([b"host", b"origin", b"content-type", b"authorization",
+                                               b"access-control-request-method"]),
+                              st.binary(max_size=80)), max_size=6),
+    client=st.one_of(st.none(), _text, st.sampled_from(["127.0.0.1", "::1", "10.0.0.1"])),
+)
+def test_the_decision_never_fails_on_hostile_input(tmp_path_factory, method, path, fields, client):
+    policy = AccessPolicy.from_config(_config(str(tmp_path_factory.mktemp("t") / "tokens.json")))
+    verdict = policy.decide(facts_of(method, path, path.encode("utf-8", "surrogateescape"), fields, client,
+                                     ("127.0.0.1", 5533)))
+    assert verdict.status in (0, 204, 401, 403, 415, 421)
+
+
+def _config(tokens_file: str):  # type: ignore[no-untyped-def]
+    class Config:
+        class node:
+            public_names = ("node.example",)
+            host = "0.0.0.0"
+
+        class access:
+            networks = None
+            allowed_origins = ("https://app.example",)
+
+    Config.tokens_file = tokens_file  # type: ignore[attr-defined]
+    return Config

@@ -30,7 +30,11 @@ class Guard:
         self.policy = policy
 
     def decide(self, facts: RequestFacts) -> Verdict:
-        verdict = self.policy.decide(facts)
+        try:
+            verdict = self.policy.decide(facts)
+        except Exception:  # a bug here must cost one request, never the node
+            log.exception("the access decision failed for a %s request", facts.method)
+            return Verdict(500, "/", b"/", "Internal Server Error")
         if not verdict.allowed and verdict.status != 204:
             log.info(
                 "%s %s from %s refused (%d): %s",
