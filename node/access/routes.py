@@ -23,6 +23,7 @@ path (method)                                     scope              JSON body
 ``/has``, ``/has-now``, ``/buffer-length``        buffers:read       yes
 (root aliases)
 ``PUT /<checksum>`` (root alias)                  buffers:write      no
+``GET /<checksum>`` (not served: 404)             buffers:read       no
 ``/api/v1/buffers/has|lengths|get``               buffers:read       yes
 ``/database/...`` GET, HEAD                       results:read       yes
 ``/database/...`` other methods                   results:write      yes
@@ -102,8 +103,8 @@ def required(method: str, path: str) -> Need:
     if path.count("/") == 1:  # root aliases of the buffer routes (seamless-core, seamless-upload)
         if path[1:] in _BUFFER_QUERIES and method in ("GET", "POST"):
             return Need("buffers:read", json=True)
-        if method == "PUT" and _CHECKSUM.fullmatch(path[1:]):
-            return Need("buffers:write")
+        if _CHECKSUM.fullmatch(path[1:]):  # PUT is served; a GET finds nothing (404)
+            return Need("buffers:read") if read else Need("buffers:write")
     return Need(ADMIN)
 
 
