@@ -45,6 +45,7 @@ CORS_METHODS = "GET, HEAD, POST, PUT, DELETE"
 CORS_HEADERS = "authorization, content-type, content-encoding"
 CORS_MAX_AGE = "600"
 CHALLENGE = ("WWW-Authenticate", 'Bearer realm="seamless-node"')
+_WANTED = frozenset({b"host", b"origin", b"content-type", b"authorization", b"access-control-request-method"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,26 +98,22 @@ def facts_of(
 ) -> RequestFacts:
     """The facts of a request from its raw header list (lower-case names, as both an
     ASGI scope and the front's parsed head keep them; the first of repeated fields)."""
-    wanted: dict[bytes, bytes | None] = dict.fromkeys((b"host", b"origin", b"content-type", b"authorization"))
-    preflight = False
+    found: dict[bytes, str] = {}
     for name, value in headers:
-        if name in wanted and wanted[name] is None:
-            wanted[name] = value
-        elif name == b"access-control-request-method":
-            preflight = True
-    found = {k: (v.decode("latin-1") if v is not None else None) for k, v in wanted.items()}
+        if name in _WANTED and name not in found:
+            found[name] = value.decode("latin-1")
     return RequestFacts(
-        method=method,
-        path=path,
-        raw_path=raw_path,
-        host=found[b"host"],
-        origin=found[b"origin"],
-        content_type=found[b"content-type"],
-        authorization=found[b"authorization"],
-        client=client,
-        local=local,
-        websocket=websocket,
-        preflight=preflight and method == "OPTIONS",
+        method,
+        path,
+        raw_path,
+        found.get(b"host"),
+        found.get(b"origin"),
+        found.get(b"content-type"),
+        found.get(b"authorization"),
+        client,
+        local,
+        websocket,
+        method == "OPTIONS" and b"access-control-request-method" in found,
     )
 
 
