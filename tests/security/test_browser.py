@@ -200,6 +200,9 @@ async def test_no_cors_unless_configured(node, start_node, http):
     page = {"Host": netloc(allowed.url), "Origin": "https://app.example", "Content-Type": "application/json"}
     got, headers, _ = await exchange(allowed.url, request("POST", "/api/v1/database/write", page, write))
     assert got == 200 and headers["access-control-allow-origin"] == "https://app.example"
+    got, headers, _ = await exchange(allowed.url, request("PUT", "/database", page, write))  # the front
+    assert got == 200 and headers["access-control-allow-origin"] == "https://app.example"
+    assert headers["vary"] == "Origin"
     # any other origin is still refused there
     page["Origin"] = EVIL_ORIGIN
     got, headers, _ = await exchange(allowed.url, request("POST", "/api/v1/database/write", page, write))
