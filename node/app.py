@@ -23,6 +23,7 @@ from hypercorn.config import Config as HypercornConfig
 from quart import Response, request
 
 from . import __version__
+from .access.policy import AccessPolicy
 from .config import NodeConfig
 from .errors import NodeError
 from .federation.service import federation_enabled
@@ -36,6 +37,7 @@ from .web.fastpath import FastPath, route
 from .web.fastpath import Request as FastRequest
 from .web.fastpath import Response as FastResponse
 from .web.front import Front
+from .web.guard import Guard
 
 log = logging.getLogger("seamless_node")
 
@@ -103,7 +105,8 @@ def build_node(config: NodeConfig) -> Node:
         metrics.describe(
             "seamless_node_tls_refused_total", "connections refused before their first request, by reason"
         )
-    return Node(config, app, context, roles, FastPath(app, fast, metrics), tls)
+    guard = Guard(AccessPolicy.from_config(config))  # who may do what (docs/security.md)
+    return Node(config, app, context, roles, FastPath(app, fast, metrics, guard), tls)
 
 
 async def _healthcheck(request: FastRequest) -> FastResponse:

@@ -13,6 +13,7 @@ import click
 import trio
 
 from . import __version__
+from .cli_token import redact, token_option
 from .config import BUILT_ROLES, VALID_ROLES, build_config
 from .client import with_ca_file
 from .errors import ConfigError, NodeError
@@ -22,7 +23,7 @@ log = logging.getLogger("seamless_node")
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"seamless-node: {message}", err=True)
+    click.echo(f"seamless-node: {redact(message)}", err=True)
     sys.exit(code)
 
 
@@ -154,15 +155,17 @@ def run(
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @url_option
+@token_option
 def put(files: tuple[str, ...], url: str) -> None:
     """Upload FILES to the node's buffer store.
 
     Prints one line per file, `CHECKSUM  FILE` (the format of sha256sum, so the list can be
     checked with `sha256sum -c`).
     """
+    from .cli_token import auth_headers
     from .client import NodeClient, hash_file
 
-    with NodeClient(url) as client:
+    with NodeClient(url, headers=auth_headers()) as client:
         for path in files:
             size = os.path.getsize(path)
             with _progress(f"hashing {os.path.basename(path)}", size) as progress:
@@ -180,12 +183,14 @@ def put(files: tuple[str, ...], url: str) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (one checksum only).")
 @click.option("-d", "--directory", type=click.Path(file_okay=False), help="Write each buffer to DIRECTORY/CHECKSUM.")
 @url_option
+@token_option
 def get(checksums: tuple[str, ...], output: str | None, directory: str | None, url: str) -> None:
     """Download buffers by checksum, verified before they are written.
 
     With one checksum and no option, the buffer goes to standard output.
     """
     from .checksum import parse_checksum
+    from .cli_token import auth_headers
     from .client import NodeClient
 
     try:
@@ -197,7 +202,7 @@ def get(checksums: tuple[str, ...], output: str | None, directory: str | None, u
         _fail("--output takes exactly one checksum; use --directory for several", 2)
     if not output and not directory and len(checksums) != 1:
         _fail("several checksums need --directory", 2)
-    with NodeClient(url) as client:
+    with NodeClient(url, headers=auth_headers()) as client:
         try:
             if directory:
                 os.makedirs(directory, exist_ok=True)
@@ -227,15 +232,17 @@ def get(checksums: tuple[str, ...], output: str | None, directory: str | None, u
 @main.command()
 @click.argument("checksums", nargs=-1, required=True)
 @url_option
+@token_option
 def has(checksums: tuple[str, ...], url: str) -> None:
     """Tell which buffers the node has. Exit status 1 if any is missing."""
     from .checksum import parse_checksum
+    from .cli_token import auth_headers
     from .client import NodeClient
 
     try:
         for cs in checksums:
             parse_checksum(cs)
-        with NodeClient(url) as client:
+        with NodeClient(url, headers=auth_headers()) as client:
             present = client.has(list(checksums))
     except NodeError as exc:
         _fail(str(exc))
@@ -333,7 +340,9 @@ main.add_command(status)
 main.add_command(cancel)
 main.add_command(jobs)
 from .cli_federation import key, keygen, link, peers  # noqa: E402  (federation, node/cli_federation.py)
+from .cli_token import token  # noqa: E402  (bearer tokens, node/cli_token.py)
 
+main.add_command(token)
 main.add_command(keygen)
 main.add_command(key)
 main.add_command(link)

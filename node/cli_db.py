@@ -17,6 +17,7 @@ import httpx
 
 from .checksum import is_checksum
 from .client import with_ca_file
+from .cli_token import auth_headers, redact, token_option
 from .config import build_config
 from .errors import ConfigError, NodeError
 
@@ -51,7 +52,7 @@ config_option = click.option(
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"seamless-node: {message}", err=True)
+    click.echo(f"seamless-node: {redact(message)}", err=True)
     sys.exit(code)
 
 
@@ -64,7 +65,8 @@ def _checksum_arg(value: str, what: str) -> str:
 def _call(url: str, endpoint: str, body: dict[str, Any]) -> tuple[int, Any]:
     try:
         with httpx.Client(timeout=60) as client:
-            r = client.post(url.rstrip("/") + "/api/v1/database/" + endpoint, json=body)
+            target = url.rstrip("/") + "/api/v1/database/" + endpoint
+            r = client.post(target, json=body, headers=auth_headers())
     except httpx.HTTPError as exc:
         _fail(f"cannot reach the node at {url}: {exc}")
     try:
@@ -97,6 +99,7 @@ def db() -> None:
 @click.argument("checksum")
 @click.option("--type", "type_", type=click.Choice(READ_TYPES), default="transformation", show_default=True)
 @url_option
+@token_option
 def get(checksum: str, type_: str, url: str) -> None:
     """Print what the node knows for CHECKSUM: a bare checksum for transformation and
     compilation, JSON otherwise. Exit status 1 when the node does not know it."""
@@ -120,6 +123,7 @@ def get(checksum: str, type_: str, url: str) -> None:
     show_default=True,
 )
 @url_option
+@token_option
 def set_(checksum: str, result: str, type_: str, url: str) -> None:
     """Record RESULT as the result of CHECKSUM (a transformation, or with --type
     compilation a module definition and its compiled binary)."""
@@ -131,6 +135,7 @@ def set_(checksum: str, result: str, type_: str, url: str) -> None:
 @db.command()
 @click.argument("result")
 @url_option
+@token_option
 def rev(result: str, url: str) -> None:
     """List the transformations known to give RESULT, one per line (exit 1 if none)."""
     _checksum_arg(result, "RESULT")

@@ -17,6 +17,7 @@ import httpx
 
 from .checksum import is_checksum
 from .client import with_ca_file
+from .cli_token import auth_headers, redact, token_option
 
 DEFAULT_URL = "http://127.0.0.1:5533"
 TERMINAL = ("done", "failed", "cancelled")
@@ -32,14 +33,14 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the jo
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"seamless-node: {message}", err=True)
+    click.echo(f"seamless-node: {redact(message)}", err=True)
     sys.exit(code)
 
 
 def _call(method: str, url: str, path: str, **kwargs: Any) -> tuple[int, Any]:
     try:
         with httpx.Client(timeout=httpx.Timeout(None, connect=10)) as client:
-            r = client.request(method, url.rstrip("/") + path, **kwargs)
+            r = client.request(method, url.rstrip("/") + path, headers=auth_headers(), **kwargs)
     except httpx.HTTPError as exc:
         _fail(f"cannot reach the node at {url}: {exc}")
     try:
@@ -82,6 +83,7 @@ def _exit_for(job: dict[str, Any]) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--wait", type=float, default=None, help="Wait up to this many seconds for the job to end.")
 @url_option
+@token_option
 @json_option
 def submit(file: str, wait: float | None, url: str, as_json: bool) -> None:
     """Submit the transformation in FILE (JSON: a transformation dict, or
@@ -106,6 +108,7 @@ def submit(file: str, wait: float | None, url: str, as_json: bool) -> None:
 @click.argument("checksum")
 @click.option("--wait", type=float, default=None, help="Wait up to this many seconds for the job to end.")
 @url_option
+@token_option
 @json_option
 def status(checksum: str, wait: float | None, url: str, as_json: bool) -> None:
     """Show the state of job CHECKSUM: timings, result checksum or error text."""
@@ -124,6 +127,7 @@ def status(checksum: str, wait: float | None, url: str, as_json: bool) -> None:
 @click.argument("checksum")
 @click.option("--hard", is_flag=True, help="Kill the job even if other clients wait for it.")
 @url_option
+@token_option
 @json_option
 def cancel(checksum: str, hard: bool, url: str, as_json: bool) -> None:
     """Cancel job CHECKSUM: detach this client (the job dies when nobody waits for it),
@@ -138,6 +142,7 @@ def cancel(checksum: str, hard: bool, url: str, as_json: bool) -> None:
 @click.command()
 @click.option("--limit", type=int, default=50, show_default=True, help="How many jobs to list.")
 @url_option
+@token_option
 @json_option
 def jobs(limit: int, url: str, as_json: bool) -> None:
     """List running and recent jobs, newest first."""

@@ -84,9 +84,10 @@ def decode_batch(body: bytes) -> dict[str, bytes | None]:
 
 
 class NodeClient:
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
         self.url = url.rstrip("/")
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
+        #: *headers*: e.g. ``Authorization: Bearer <token>``, sent with every request
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), headers=headers)
 
     def close(self) -> None:
         self.http.close()

@@ -104,6 +104,23 @@ class NodeSection:
     tls_cert_file: str | None = None
     #: the private key (PEM, unencrypted) of tls_cert_file; keep it readable by the node only
     tls_key_file: str | None = None
+    #: names (host or host:port) clients may use for this node besides its listen address,
+    #: localhost and the address they connected to; any other Host gets 421 (docs/security.md)
+    public_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AccessSection:
+    """Who may do what (see docs/security.md, "Scopes: who may do what")."""
+
+    #: scopes per client network, e.g. {10.0.0.0/8: [buffers:read, results:read]}; exactly
+    #: these when set; unset: loopback holds every scope but admin, other addresses none
+    networks: dict[str, tuple[str, ...]] | None = None
+    #: web origins (scheme://host[:port]) whose pages may make state-changing requests and
+    #: read answers (CORS); empty: none, and no CORS headers are sent
+    allowed_origins: tuple[str, ...] = ()
+    #: the bearer tokens' hashes (`seamless-node token`); default: <data_dir>/tokens.json
+    tokens_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -301,6 +318,7 @@ class NodeConfig:
     database: DatabaseSection = field(default_factory=DatabaseSection)
     jobless: JoblessSection = field(default_factory=JoblessSection)
     federation: FederationSection = field(default_factory=FederationSection)
+    access: AccessSection = field(default_factory=AccessSection)
 
     @property
     def buffer_directory(self) -> str:
@@ -325,6 +343,10 @@ class NodeConfig:
     @property
     def revocations_file(self) -> str:
         return self.federation.revocations_file or os.path.join(self.node.data_dir, "revocations.yaml")
+
+    @property
+    def tokens_file(self) -> str:
+        return self.access.tokens_file or os.path.join(self.node.data_dir, "tokens.json")
 
     @property
     def federation_directory(self) -> str:
@@ -372,6 +394,19 @@ def _coerce(hint: Any, value: object, *, from_text: bool) -> object:
         if isinstance(value, str):
             return value
         raise ValueError(f"expected a string, got {value!r}")
+    if origin is dict:
+        if from_text and isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ValueError(f"expected a mapping such as {{key: [a, b]}}, got {value!r}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {value!r}")
+        key_hint, value_hint = typing.get_args(hint)
+        return {
+            _coerce(key_hint, str(k), from_text=False): _coerce(value_hint, v, from_text=from_text)
+            for k, v in value.items()
+        }
     if dataclasses.is_dataclass(hint):
         return coerce_record(hint, value, from_text=from_text)
     if origin is tuple:
@@ -496,6 +531,7 @@ def validate(config: NodeConfig) -> NodeConfig:
     if config.database.synchronous not in ("normal", "full"):
         raise ConfigError(f"database.synchronous must be normal or full, got {config.database.synchronous!r}")
     _validate_jobless(config.jobless)
+    _validate_access(config)
     _validate_federation(config.federation)
     return config
 
@@ -529,6 +565,15 @@ def peer_problem(peer: PeerConfig) -> str | None:
         if not re.fullmatch(r"https?://[^\s/?#]+/?", url, re.ASCII):
             return f"peer {peer.name or peer.node_id}: url {url!r} must be http(s)://host[:port]"
     return None
+
+
+def _validate_access(config: NodeConfig) -> None:
+    from .access.policy import AccessPolicy
+
+    try:
+        AccessPolicy.from_config(config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _validate_jobless(cfg: JoblessSection) -> None:

@@ -60,6 +60,8 @@ class BuffersRole(Role):
         return [
             route("GET", r"/buffers/(?!(?:has|has-now|buffer-length|healthcheck)$)([^/]*)", self.get_buffer),
             route("PUT", r"/buffers/([^/]*)", self.put_buffer),
+            # seamless-core's close-time buffer writer drops the base URL's path (below)
+            route("PUT", r"/([0-9a-f]{64})", self.put_buffer),
         ]
 
     async def get_buffer(self, request: FastRequest) -> FastResponse:
@@ -133,10 +135,12 @@ class BuffersRole(Role):
             return json_response({"checksum": checksum, "expires_in": ttl}, status=202)
 
         # seamless-transformer's `seamless-upload` checks for existing buffers at
-        # <scheme>://<host>:<port>/has, dropping the base URL's path; answering there too
-        # spares its users from uploading every buffer again.
+        # <scheme>://<host>:<port>/has, dropping the base URL's path, and seamless-core's
+        # close-time buffer writer calls /has-now and PUT /<checksum> there: answering at
+        # the root too (with the same scopes) keeps their buffers from being lost.
         compat = Blueprint("buffers_root_compat", __name__)
         compat.add_url_rule("/has", "has", has, methods=["GET", "POST"])
+        compat.add_url_rule("/has-now", "has_now", has_now, methods=["GET", "POST"])
 
         from .buffers_api import buffers_api_blueprint
 

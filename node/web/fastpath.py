@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -27,6 +27,9 @@ from ..errors import NodeError
 from ..metrics import Metrics
 from .app_class import DRAIN_TIMEOUT
 from .body import BadRequest, BodyLimits, decode_json, limited, refuse_oversize
+
+if TYPE_CHECKING:
+    from .guard import Guard
 
 log = logging.getLogger("seamless_node")
 
@@ -141,12 +144,21 @@ class FastRoute:
 class FastPath:
     """ASGI app: fast routes first, then the wrapped (Quart) app."""
 
-    def __init__(self, app: Any, routes: list[FastRoute], metrics: Metrics) -> None:
+    def __init__(
+        self, app: Any, routes: list[FastRoute], metrics: Metrics, guard: "Guard | None" = None
+    ) -> None:
         self.app = app
         self.routes = routes
         self.metrics = metrics
+        #: the access decision (web/guard.py), taken before any route sees a request
+        self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.guard is not None and scope["type"] in ("http", "websocket"):
+            admitted = await self.guard.admit(self, scope, receive, send)
+            if admitted is None:
+                return
+            scope, send = admitted
         if scope["type"] == "http":
             for route in self.routes:
                 if scope["method"] == route.method:

@@ -55,6 +55,7 @@ from ..metrics import Metrics
 from ..tls import PLAIN_HTTP_ANSWER, looks_like_plain_http, looks_like_tls
 from .connection import Connection, FrontRequest
 from .fastpath import FastRoute, Response, error_response
+from .guard import refusal_route, with_headers
 from .http1 import MAX_HEAD_BYTES, head_end, parse_head, response_head
 
 log = logging.getLogger("seamless_node")
@@ -91,6 +92,8 @@ class Front:
         self._waiting_for_head: set[trio.CancelScope] = set()
         self._connections: trio.Nursery | None = None
         self._drained = trio.Event()
+        #: the access decision (web/guard.py), taken on every head before routing
+        self.guard = getattr(asgi, "guard", None)
         self.by_method: dict[str, list[FastRoute]] = {}
         for route in routes:
             self.by_method.setdefault(route.method, []).append(route)
@@ -159,13 +162,17 @@ class Front:
             connection = Connection(secured)
         else:
             connection = Connection(stream)
+        ends = (connection.peer(), connection.local()) if self.guard is not None else (None, None)
         try:
             while not self.stopping:
                 end = await self._read_head(connection)
                 if end is None:
                     return
                 head = parse_head(bytes(connection.buffer[:end])) if end > 0 else None
-                found = self._route(head) if head is not None else None
+                if head is not None and self.guard is not None:
+                    head, found = self._admit(head, *ends)
+                else:
+                    found = self._route(head) if head is not None else None
                 if found is None:
                     await self._hand_over(connection)
                     return
@@ -246,6 +253,24 @@ class Front:
             finally:
                 self._waiting_for_head.discard(waiting)
         return None
+
+    def _admit(
+        self, head: Any, peer: tuple[str, int] | None, local: tuple[str, int] | None
+    ) -> tuple[Any, tuple[FastRoute, Any] | None]:
+        """The head to serve (a token prefix removed from its path) and its route: the
+        refusal's when the guard refuses it, None when it is hypercorn's to serve (the
+        original bytes are handed over, and decided again there)."""
+        assert self.guard is not None
+        verdict = self.guard.check_head(head, peer, local)
+        if verdict.path != head.path:
+            head = replace(head, path=verdict.path, raw_path=verdict.raw_path)
+        if not verdict.allowed:
+            route = refusal_route(head.method, verdict)
+            return head, (route, route.pattern.match(""))
+        found = self._route(head)
+        if found is not None and verdict.headers:
+            found = (with_headers(found[0], verdict.headers), found[1])
+        return head, found
 
     def _route(self, head: Any) -> tuple[FastRoute, Any] | None:
         for route in self.by_method.get(head.method, ()):

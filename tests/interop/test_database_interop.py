@@ -205,7 +205,7 @@ async def send(
     client: httpx.AsyncClient, url: str, method: str, body: dict[str, Any] | bytes
 ) -> tuple[int, Any]:
     content = body if isinstance(body, bytes) else json.dumps(body)
-    r = await client.request(method, url, content=content)
+    r = await client.request(method, url, content=content, headers={"Content-Type": "application/json"})
     try:
         value: Any = json.loads(r.text)
     except ValueError:

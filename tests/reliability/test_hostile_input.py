@@ -252,7 +252,7 @@ async def test_deeply_nested_json_is_400(node, http, depth):
             ("GET", node.buffers_url + "/buffer-length"),
             ("POST", node.url + "/api/v1/buffers/get"),
         ]:
-            r = await http.request(method, url, content=body)
+            r = await http.request(method, url, content=body, headers={"Content-Type": "application/json"})
             assert r.status_code == 400, (method, url, r.status_code)
             assert "nested too deeply" in r.text, (method, url, r.text[:200])
 

@@ -99,7 +99,7 @@ async def test_has_has_now_and_buffer_length(node, http):
 
 async def test_bad_json_for_has_is_400(node, http):
     for content in (b"", b"[", b'{"a": 1}', b'["abc"]', json.dumps(["F" * 64]).encode(), b"[1, 2]"):
-        r = await http.request("GET", f"{node.buffers_url}/has", content=content)
+        r = await http.request("GET", f"{node.buffers_url}/has", content=content, headers={"Content-Type": "application/json"})
         assert r.status_code == 400, content
 
 

@@ -21,12 +21,12 @@ async def db(start_node):
 
 async def get(http, node, body, path="/database"):
     content = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    return await http.request("GET", node.url + path, content=content)
+    return await http.request("GET", node.url + path, content=content, headers={"Content-Type": "application/json"})
 
 
 async def put(http, node, body, path="/database"):
     content = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    return await http.put(node.url + path, content=content)
+    return await http.put(node.url + path, content=content, headers={"Content-Type": "application/json"})
 
 
 async def test_healthcheck_and_protocol(db, http):
@@ -136,7 +136,7 @@ async def test_oversize_body_is_refused_with_a_message(db, http):
         for _ in range(20):
             yield b" " * 8192
 
-    r = await http.put(db.url + "/database", content=trickle())
+    r = await http.put(db.url + "/database", content=trickle(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413
 
 
@@ -181,6 +181,7 @@ async def test_deeply_nested_json_is_400(db, http, depth):
     assert r.status_code == 400 and r.text.startswith("ERROR: Malformed request: "), r.text[:200]
     assert "nested" in r.text
     r = await http.post(
-        db.url + "/api/v1/database/write-many", content=('{"requests": [%s]}' % body).encode()
+        db.url + "/api/v1/database/write-many", content=('{"requests": [%s]}' % body).encode(),
+        headers={"Content-Type": "application/json"},
     )
     assert r.status_code == 400, r.text[:200]

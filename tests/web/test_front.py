@@ -50,10 +50,10 @@ async def test_fast_and_quart_requests_share_one_connection(node):
     stream = await connect(node.url)
     # pipelined: a fast PUT, a fast GET, then a Quart route (the connection is handed over)
     raw = (
-        f"PUT /buffers/{cs} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
-        + f"GET /buffers/{cs} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-        + b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
-        + f"GET /buffers/{cs} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        f"PUT /buffers/{cs} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+        + f"GET /buffers/{cs} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+        + b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        + f"GET /buffers/{cs} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
     )
     await stream.send_all(raw)
     reader = Reader(stream)
@@ -86,7 +86,7 @@ async def test_expect_continue(node):
     cs, data = random_buffer(4000)
     stream = await connect(node.url)
     await stream.send_all(
-        f"PUT /buffers/{cs} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        f"PUT /buffers/{cs} HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: {len(data)}\r\n\r\n".encode()
     )
     with trio.fail_after(5):
         first = await stream.receive_some(1000)
@@ -100,7 +100,7 @@ async def test_an_early_answer_closes_the_connection(start_node):
     node = await start_node(buffers={"max_buffer_size": 1000})
     cs, data = random_buffer(5000)
     stream = await connect(node.url)
-    await stream.send_all(f"PUT /buffers/{cs} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode())
+    await stream.send_all(f"PUT /buffers/{cs} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(data)}\r\n\r\n".encode())
     received = b""
     with trio.fail_after(10):
         while chunk := await stream.receive_some(65536):
@@ -123,7 +123,7 @@ async def test_large_buffers_go_out_whole_and_a_client_may_leave_midway(node, ht
         r = await http.get(f"{node.buffers_url}/{cs}")
         assert r.status_code == 200 and r.content == data
     stream = await connect(node.url)
-    await stream.send_all(f"GET /buffers/{cs} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await stream.send_all(f"GET /buffers/{cs} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
     await stream.receive_some(65536)
     await stream.aclose()  # gone after the first bytes
     r = await http.get(f"{node.buffers_url}/{cs}")
@@ -141,7 +141,7 @@ async def slow_bulk_upload(node, *, bytes_per_step: int, steps: int) -> tuple[by
     """Declare an 8 MiB body (received by worker threads), then trickle it."""
     stream = await connect(node.url)
     cs = "ab" * 32
-    await stream.send_all(f"PUT /buffers/{cs} HTTP/1.1\r\nHost: x\r\nContent-Length: {8 * MiB}\r\n\r\n".encode())
+    await stream.send_all(f"PUT /buffers/{cs} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {8 * MiB}\r\n\r\n".encode())
     started = trio.current_time()
     received = b""
     with trio.move_on_after(15):

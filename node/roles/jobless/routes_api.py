@@ -32,7 +32,6 @@ from ...checksum import is_checksum
 from ...errors import NodeError
 from ...transformation import TransformationError, transformation_buffer
 from ...web.body import BodyLimits, read_json
-from .access import check_local
 from .gateway import InputMissing
 from .service import Job
 
@@ -71,14 +70,6 @@ async def _await_end(job: Job, seconds: float) -> None:
 
 def jobs_api_blueprint(role: "JoblessRole") -> Blueprint:
     bp = Blueprint("jobs_api", __name__, url_prefix="/api/v1/jobs")
-
-    @bp.before_request
-    async def local_only() -> None:
-        check_local(request.remote_addr)
-
-    @bp.before_websocket
-    async def local_only_ws() -> None:
-        check_local(websocket.remote_addr)
 
     @bp.route("", methods=["POST"])
     async def submit() -> Response:

@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from node.roles.jobless.access import is_local
+from node.access.policy import NetworkGrants
 
 from .support import JOBLESS, Transformations, wait_for, workers
 
@@ -156,7 +156,7 @@ def _external_address() -> str | None:
     return None
 
 
-async def test_only_local_clients_may_submit(start_node, http, tmp_path: Path):
+async def test_only_local_clients_may_submit_by_default(start_node, http, tmp_path: Path):
     address = _external_address()
     if address is None:
         pytest.skip("no non-loopback IPv4 address on this machine")
@@ -171,18 +171,19 @@ async def test_only_local_clients_may_submit(start_node, http, tmp_path: Path):
         ("POST", "/jobserver/cancel-transformation/" + "0" * 64, None),
     ]:
         r = await http.request(method, node.url + path, json=body)
-        assert r.status_code == 403, (path, r.status_code, r.text)
-        assert "only from the local machine" in r.text
+        assert r.status_code == 401, (path, r.status_code, r.text)  # no scope, no token
+        assert "jobs:submit" in r.text
     assert len(psutil.Process().children(recursive=True)) == before  # nothing spawned
     r = await http.get(node.url + "/jobserver/healthcheck")
     assert r.status_code == 200
 
 
-def test_is_local():
+def test_only_loopback_holds_jobs_submit_by_default():
+    grants = NetworkGrants(None)
     for address in ("127.0.0.1", "127.5.0.1", "::1", "::ffff:127.0.0.1", "[::1]"):
-        assert is_local(address), address
+        assert "jobs:submit" in grants.scopes_for(address), address
     for address in ("10.0.0.1", "192.168.1.2", "::ffff:10.0.0.1", "fe80::1", "", None, "localhost", "x"):
-        assert not is_local(address), address
+        assert not grants.scopes_for(address), address
 
 
 async def test_inputs_and_results_at_another_node(start_node, http):
