@@ -107,10 +107,10 @@ async def test_fast_and_quart_requests_share_one_tls_connection(tls_node, certs)
         host, int(port), ssl_context=certs.client_context(), https_compatible=True  # no close_notify
     )
     await stream.send_all(
-        f"PUT /buffers/{cs} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
-        + f"GET /buffers/{cs} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-        + b"GET /api/v1/node HTTP/1.1\r\nHost: x\r\n\r\n"
-        + f"GET /buffers/{cs} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        f"PUT /buffers/{cs} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+        + f"GET /buffers/{cs} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        + f"GET /api/v1/node HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        + f"GET /buffers/{cs} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     )
     received = b""
     with trio.fail_after(20):
