@@ -152,16 +152,25 @@ class Gateway:
         return value
 
     async def build_spec(self, tf: Transformation, limits: Limits) -> JobSpec:
-        """Everything the job needs, fetched by checksum."""
-        wanted = [tf.code_checksum] + [p.checksum for p in tf.pins]
-        found = await self.fetch_many(wanted)
+        """Everything the job needs, by checksum: fetched (and so verified: see ``fetch``),
+        or sent inline with the transformation and verified against its checksum when it
+        was submitted (``Transformation.inline``, node.inline_values); those are stored
+        like any upload meanwhile, in the same round of thread hops."""
+        wanted = [cs for cs in [tf.code_checksum] + [p.checksum for p in tf.pins] if cs not in tf.inline]
+        found: dict[str, bytes | None] = {}
+
+        async def fetch() -> None:
+            found.update(await self.fetch_many(wanted))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch)
+            if tf.inline:
+                nursery.start_soon(self.store, tf.inline)
+        found.update(tf.inline)
         code_data = found[tf.code_checksum]
         if code_data is None:
-            if tf.code_text is None:
-                raise InputMissing(f"the code buffer {tf.code_checksum} is not in the buffer store")
-            code = tf.code_text
-        else:
-            code = code_data.decode(errors="replace").rstrip("\n")
+            raise InputMissing(f"the code buffer {tf.code_checksum} is not in the buffer store")
+        code = code_data.decode(errors="replace").rstrip("\n")
         pins = []
         for pin in tf.pins:
             data = found[pin.checksum]
