@@ -38,12 +38,15 @@ def jobless(fed: FedNode) -> Any:
 
 
 def job_pids(fed: FedNode) -> list[int]:
-    """Processes running jobs in *fed*'s local pool (not the next job's waiting process)."""
+    """Processes running jobs in *fed*'s local pool (not the next job's waiting process,
+    also while it still bears its worker's name, a bare fork that has not renamed itself)."""
     pids = []
     for worker in jobless(fed).backend.workers:
         try:
-            for proc in psutil.Process(worker.process.pid).children(recursive=True):
-                if proc.status() != psutil.STATUS_ZOMBIE and proc.name() != "seamless-ready":
+            parent = psutil.Process(worker.process.pid)
+            for proc in parent.children(recursive=True):
+                waiting = proc.name() in ("seamless-ready", parent.name())
+                if proc.status() != psutil.STATUS_ZOMBIE and not waiting:
                     pids.append(proc.pid)
         except psutil.Error:
             continue
