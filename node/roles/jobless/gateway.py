@@ -6,7 +6,8 @@ federation is on), or a buffer server at ``jobless.buffer_url`` when one is conf
 (the hashserver protocol; every buffer fetched is verified against its checksum). Known
 results are looked up in, and new ones recorded into, the node's database role when it
 runs (``context.mappings``), else a database server at ``jobless.database_url``, else
-nowhere.
+nowhere; a result unknown there may still be known from a signed claim of a peer this
+node trusts for results (``NodeContext.lookup_result``; never any other peer's claim).
 """
 
 from __future__ import annotations
@@ -54,10 +55,6 @@ class Gateway:
         if self._http is not None:
             await self._http.aclose()
 
-    @property
-    def has_database(self) -> bool:
-        return self.context.mappings is not None or self.database_url is not None
-
     # ------------------------------------------------------------------------ buffers
 
     async def fetch(self, checksum: str) -> bytes | None:
@@ -103,17 +100,24 @@ class Gateway:
     # ------------------------------------------------------------------------ results
 
     async def lookup(self, tf_checksum: str) -> str | None:
-        """The known result of a transformation, or None."""
+        """The known result of a transformation, or None: from the database, else from a
+        signed claim of a peer this node trusts for results (``NodeContext.lookup_result``)."""
         request = {"type": "transformation", "checksum": tf_checksum}
         mappings = self.context.mappings
         if mappings is not None:
             value = await mappings.read(parse_query(request))
-            return value if is_checksum(value) else None
-        if self.database_url is not None:
+            if is_checksum(value):
+                return value
+        elif self.database_url is not None:
             r = await self.http.request("GET", self.database_url, json=request)
             if r.status_code == 200 and is_checksum(r.text.strip()):
                 return r.text.strip()
-        return None
+        try:
+            answer = await self.context.lookup_result(tf_checksum)
+        except Exception as exc:  # a claim lookup that fails leaves the job to run
+            log.warning("claim lookup for %s failed: %s", tf_checksum, exc)
+            return None
+        return answer.result if answer is not None else None
 
     async def record(self, tf_checksum: str, result: str, record: dict[str, Any]) -> None:
         """Record a result and its execution record (no-op without a database)."""

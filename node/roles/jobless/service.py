@@ -16,9 +16,10 @@ from the store, or sent inline, verified and stored (``Gateway.build_spec``). No
 can run bytes that were not verified.
 
 Each job runs as one task in the service's nursery, inside its own cancel scope: look
-up a known result; gather the inputs; run on the backend; store the result buffers;
-record the result; DONE. Cancelling the scope at any point before the record stops all
-of it, and the backend kills the job's processes on the way out.
+up a known result (the database, or a claim of a peer trusted for results); gather the
+inputs; run on the backend; store the result buffers; record the result; DONE.
+Cancelling the scope at any point before the record stops all of it, and the backend
+kills the job's processes on the way out.
 """
 
 from __future__ import annotations
@@ -398,8 +399,7 @@ class JobService:
 
             async def lookup() -> None:
                 nonlocal known
-                if self.gateway.has_database:
-                    known = await self.gateway.lookup(tf.checksum)
+                known = await self.gateway.lookup(tf.checksum)
                 if known is not None:
                     nursery.cancel_scope.cancel()  # "checked" is set when the job ends
                 else:
