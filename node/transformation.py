@@ -107,8 +107,9 @@ class Transformation:
     #: pin key -> {"filesystem": {...}, "celltype": ...} from __format__
     formats: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    #: the source text, when the client sent it along (__code_text__)
-    code_text: str | None = None
+    #: buffers given inline with the transformation, verified against the checksums it
+    #: names (checksum -> bytes; see node.inline_values.parse_verified)
+    inline: dict[str, bytes] = field(default_factory=dict)
     #: the checksum of the environment dict (__env__), not part of the identity
     env_checksum: str | None = None
 
@@ -171,13 +172,11 @@ def parse_transformation(
         pins.append(Pin(name, key, celltype, subcelltype, pin_cs))
     if code is None:
         raise TransformationError("the transformation has no code pin")
+    # the code that runs is the buffer the code pin names, whatever the dunder keys say
+    # (__code_checksum__ and __code_text__ are checked by node.inline_values)
     code_cs = code[2]
-    dunder_code = extra.get("__code_checksum__")
-    if language == "python" and is_checksum(dunder_code):
-        code_cs = dunder_code  # the source text, when "code" names its semantic form
     if code_cs is None:
         raise TransformationError("the code pin has no checksum")
-    code_text = extra.get("__code_text__")
     meta = extra.get("__meta__")
     return Transformation(
         checksum=checksum,
@@ -190,7 +189,6 @@ def parse_transformation(
         pins=tuple(sorted(pins, key=lambda p: p.key)),
         formats=formats,
         meta=meta if isinstance(meta, dict) else {},
-        code_text=code_text if isinstance(code_text, str) else None,
         env_checksum=env if is_checksum(env := extra.get("__env__")) else None,
     )
 

@@ -10,8 +10,10 @@ By the time ``JobReceiver.run`` is called the Gate has admitted the request
   back to a node that already forwarded it);
 * the transformation dict must be valid (400); the same transformation, if this node is
   forwarding it itself to a node on the hop list, is a loop too (409: the origin runs it);
-* inputs sent along must hash to their names and be inputs of the transformation; they
-  enter the store through ``BufferService`` like any upload.
+* inputs sent along (``inline``) must hash to their names and be inputs of the
+  transformation, and code sent as text (``__code_text__``) must hash to the checksum of
+  the code pin (``node.inline_values``): else 400 ``wrong-bytes``, and nothing is stored
+  or run; they enter the store through ``BufferService`` like any upload.
 
 The job then goes to this node's own JobService as a waiter of kind ``peer:<origin>``, so
 deduplication, limits and cancellation work as for local jobs, and its execution record
@@ -32,7 +34,8 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..transformation import TransformationError, parse_transformation
+from ..inline_values import InlineMismatch, parse_verified
+from ..transformation import TransformationError
 from .canonical import b64decode, b64encode
 from .claims import make_claim
 from .gate import Admission, Refusal
@@ -89,7 +92,9 @@ class JobReceiver:
         dunder = body.get("tf_dunder")
         dunder = dunder if isinstance(dunder, dict) else None
         try:
-            tf = parse_transformation(body["transformation"], dunder)
+            tf = parse_verified(body["transformation"], dunder)
+        except InlineMismatch as exc:
+            raise Refusal(400, "wrong-bytes", f"invalid transformation: {exc}") from None
         except TransformationError as exc:
             raise Refusal(400, "malformed-body", f"invalid transformation: {exc}") from None
         running = jobs.active.get(tf.checksum)

@@ -6,11 +6,15 @@ Asking (``ResultLookup.lookup``), for a transformation checksum:
 2. stored claims whose signer holds ``results:write`` trust here *now* (a link this node
    signed) and whose key is not revoked (by us, or on the signer's published revocation
    list: security.md rule 6);
-3. every peer that grants this node ``results:read`` (a link the peer signed), asked
-   concurrently. Each answer must be a claim signed by that very peer, about that very
-   transformation, with a key of the peer valid at the claim's time. A peer trusted with
-   ``results:write`` here has its claim stored (with its signer); an untrusted peer's
-   claim is used for this one request only. Trusted answers win over untrusted ones.
+3. every peer that grants this node ``results:read`` (a link the peer signed) *and* holds
+   ``results:write`` trust here, asked concurrently. Each answer must be a claim signed
+   by that very peer, about that very transformation, with a key of the peer valid at
+   the claim's time; it is stored (with its signer) and answers.
+
+A result mapping cannot be verified by hashing: a claim is only as good as its signer.
+So a claim answers as a result (``/database``, ``/api/v1/database/*``, the job service's
+lookup) only when this node trusts its signer for results; a peer without that trust is
+not even asked, and its claims are never served, not even for one request.
 
 Answering (``answer``): results from the node's own database only (never relayed claims:
 trust is not transitive), each signed now by this node.
@@ -40,8 +44,8 @@ class ResultAnswer:
     transformation: str
     result: str
     source: str  # "local", "claim" (stored) or "peer"
+    #: the peer that signed the claim (trusted here for results), None for "local"
     signer: str | None = None
-    trusted: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,7 +53,6 @@ class ResultAnswer:
             "result": self.result,
             "source": self.source,
             "signer": self.signer,
-            "trusted": self.trusted,
         }
 
 
@@ -101,7 +104,7 @@ class ResultLookup:
     async def stored(self, transformation: str) -> ResultAnswer | None:
         for claim in await trio.to_thread.run_sync(self.claims.get, transformation):
             if self.trusted(claim.signer) and self.check(claim) is ClaimStatus.VALID:
-                return ResultAnswer(transformation, claim.result, "claim", claim.signer, True)
+                return ResultAnswer(transformation, claim.result, "claim", claim.signer)
         return None
 
     async def lookup(self, transformation: str, *, include_local: bool = True) -> ResultAnswer | None:
@@ -112,7 +115,9 @@ class ResultLookup:
         found = await self.stored(transformation)
         if found is not None:
             return found
-        peers = self.watcher.registry.granting_us("results:read", self.clock())
+        # only peers trusted here for results: another peer's claim is never a result
+        granting = self.watcher.registry.granting_us("results:read", self.clock())
+        peers = [p for p in granting if self.trusted(p)]
         answers: dict[str, Claim] = {}
 
         async def ask(peer: str) -> None:
@@ -143,15 +148,13 @@ class ResultLookup:
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 nursery.start_soon(ask, peer)
-        trusted = [c for p, c in answers.items() if self.trusted(p)]
-        if trusted:
-            await trio.to_thread.run_sync(self.claims.put, trusted)
-            claim = trusted[0]
-            return ResultAnswer(transformation, claim.result, "peer", claim.signer, True)
-        for peer in peers:  # in a stable order
-            if peer in answers:
-                return ResultAnswer(transformation, answers[peer].result, "peer", peer, False)
-        return None
+        # trust is checked again: a link may have lapsed while the peers answered
+        trusted = [answers[p] for p in peers if p in answers and self.trusted(p)]  # stable order
+        if not trusted:
+            return None
+        await trio.to_thread.run_sync(self.claims.put, trusted)
+        claim = trusted[0]
+        return ResultAnswer(transformation, claim.result, "peer", claim.signer)
 
     async def answer(self, transformations: list[str]) -> list[dict[str, Any] | None]:
         """Signed claims for the results in our own database (for /federation/results/lookup)."""

@@ -51,12 +51,12 @@ class NodeContext:
         return await self.federation.fetch_missing(checksum)
 
     async def lookup_result(self, transformation: str) -> "ResultAnswer | None":
-        """Look a transformation's result up at peers granting results:read (signed claims).
+        """A transformation's result from a signed claim of a peer trusted for results.
 
-        For a role whose own database does not know the transformation; None when no peer
-        knows it or federation is off. ``answer.trusted`` is False for a claim from a peer
-        without results:write trust here: use it for the request at hand, do not record it.
-        """
+        For a role whose own database does not know the transformation: claims stored here,
+        then peers granting this node results:read, only ever those this node trusts with
+        results:write (another peer's claim is never a result). None when no such claim
+        is known or federation is off."""
         if self.federation is None:
             return None
         return await self.federation.lookup_result(transformation, include_local=False)

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import trio
 from quart import Blueprint, Response
 
 from ..errors import NodeError
-from ..store.mapping_requests import MalformedRequest, check_depth, parse_query, parse_update
+from ..store.mapping_requests import MalformedRequest, Query, check_depth, parse_query, parse_update
 from ..store.mapping_service import MappingService
 from ..store.mappings import MappingStore
 from ..web.body import BadRequest, BodyLimits
@@ -99,6 +100,33 @@ class DatabaseRole(Role):
             route("PUT", r"/database(?:/.*)?", self.write),
         ]
 
+    async def read_query(self, query: Query) -> Any:
+        """One read; a transformation unknown here may be answered by a signed claim of a
+        peer this node trusts for results (``NodeContext.lookup_result``), never by
+        another peer's claim."""
+        value = await self.service.read(query)
+        if value is None and query.type == "transformation" and query.checksum:
+            answer = await self.context.lookup_result(query.checksum)
+            value = answer.result if answer is not None else None
+        return value
+
+    async def read_queries(self, queries: list[Query]) -> list[Any]:
+        """Reads in one database call, then the transformations unknown here looked up
+        as claims (see ``read_query``), concurrently."""
+        values = list(await self.service.read_many(queries))
+
+        async def claim(index: int, transformation: str) -> None:
+            answer = await self.context.lookup_result(transformation)
+            if answer is not None:
+                values[index] = answer.result
+
+        if self.context.federation is not None:
+            async with trio.open_nursery() as nursery:
+                for index, (query, value) in enumerate(zip(queries, values, strict=True)):
+                    if value is None and query.type == "transformation" and query.checksum:
+                        nursery.start_soon(claim, index, query.checksum)
+        return values
+
     async def _request_body(self, request: FastRequest) -> object:
         try:
             body = await request.read_json(self.limits)
@@ -111,12 +139,7 @@ class DatabaseRole(Role):
         try:
             query = parse_query(await self._request_body(request))
             self.context.metrics.inc("seamless_node_database_requests_total", op="read", type=query.type)
-            value = await self.service.read(query)
-            if value is None and query.type == "transformation" and query.checksum:
-                # unknown here: ask linked peers granting results:read (signed claims;
-                # federation stores a claim only from a peer trusted with results:write)
-                answer = await self.context.lookup_result(query.checksum)
-                value = answer.result if answer is not None else None
+            value = await self.read_query(query)
         except NodeError as exc:
             return error_text(exc)
         if value is None:

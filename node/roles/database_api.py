@@ -4,6 +4,8 @@ Requests have the same shape as upstream's (``{"type": ..., "checksum": ..., ...
 answers are JSON and use ordinary status codes:
 
 ``POST /read``        one read request -> 200 ``{"value": ...}``, 404 ``{"error": "Unknown key"}``
+                      (a transformation unknown here is answered, as at ``/database``, by
+                      a signed claim of a peer trusted for results, never another's)
 ``POST /write``       one write request -> 200 ``{"status": 200}``; a refusal keeps upstream's
                       status and text: 409 ``{"status": 409, "error": "..."}``
 ``POST /read-many``   ``{"requests": [read, ...]}`` -> 200 ``{"values": [value or null, ...]}``
@@ -78,7 +80,7 @@ def database_api_blueprint(role: "DatabaseRole") -> Blueprint:
     @bp.route("/read", methods=["POST"])
     async def read() -> Response:
         try:
-            value = await service.read(parse_query(await read_request(request, role.limits)))
+            value = await role.read_query(parse_query(await read_request(request, role.limits)))
         except NodeError as exc:
             return json_error(exc)
         if value is None:
@@ -98,7 +100,7 @@ def database_api_blueprint(role: "DatabaseRole") -> Blueprint:
     @bp.route("/read-many", methods=["POST"])
     async def read_many() -> Response:
         try:
-            values = await service.read_many(await batch(parse_query))
+            values = await role.read_queries(await batch(parse_query))
         except NodeError as exc:
             return json_error(exc)
         return json_response({"values": values})

@@ -38,7 +38,8 @@ def jobless(fed: FedNode) -> Any:
 
 
 def job_pids(fed: FedNode) -> list[int]:
-    """Processes running jobs in *fed*'s local pool (not the next job's waiting process)."""
+    """Processes running jobs in *fed*'s local pool (not the next job's waiting process,
+    also while it still bears its worker's name, a bare fork that has not renamed itself)."""
     pids = []
     for worker in jobless(fed).backend.workers:
         try:

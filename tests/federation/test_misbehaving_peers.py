@@ -134,6 +134,8 @@ async def test_forged_result_claims_are_refused_and_honest_ones_used(
     cluster: Cluster, http: httpx.AsyncClient
 ):
     a, b, m, fake = await setup(cluster)
+    cluster.grant(a, m, "results:write")  # A trusts M for results: M's claims are asked for
+    await cluster.configure()
     now = int(time.time())
     tf, result, other_tf = (hashlib.sha256(x).hexdigest() for x in (b"tf", b"result", b"other"))
     stranger = NodeIdentity.generate(now - 10)
@@ -160,11 +162,11 @@ async def test_forged_result_claims_are_refused_and_honest_ones_used(
         for (labels, value) in a.context.metrics._counters["seamless_node_federation_claims_total"].items()
     }
     assert sum(refused.values()) == len(forgeries)
-    # M's honest claim: A has not granted M results:write, so it is used for this request only
+    # M's honest claim answers, and is stored with its signer
     fake.claims[tf] = fake.claim(tf, result, now).to_document()
     answer = await a.context.lookup_result(tf)
-    assert answer.result == result and answer.signer == m.node_id and not answer.trusted
-    assert a.federation.claims.count() == 0
+    assert answer.result == result and answer.signer == m.node_id and answer.source == "peer"
+    assert a.federation.claims.count() == 1
 
 
 async def test_replayed_requests_are_refused_also_after_a_restart(cluster: Cluster, http: httpx.AsyncClient):

@@ -124,15 +124,14 @@ async def test_result_claims_trusted_stored_and_revoked(cluster: Cluster, http: 
     tf, result = hashlib.sha256(b"tf").hexdigest(), hashlib.sha256(b"result").hexdigest()
     r = await http.put(f"{b.url}/database", json={"type": "transformation", "checksum": tf, "value": result})
     assert r.status_code == 200, r.text
-    # no results:write trust from A: used for this request, not stored
-    answer = await a.context.lookup_result(tf)
-    assert answer.result == result and not answer.trusted
+    # no results:write trust from A: B's claim is no result here (B is not even asked)
+    assert await a.context.lookup_result(tf) is None
     assert a.federation.claims.count() == 0
-    # A trusts B with results:write: the claim is stored with its signer
+    # A trusts B with results:write: the claim answers and is stored with its signer
     cluster.grant(a, b, "results:write")
     await cluster.configure()
     answer = await a.context.lookup_result(tf)
-    assert answer.trusted and answer.signer == b.node_id and answer.source == "peer"
+    assert answer.result == result and answer.signer == b.node_id and answer.source == "peer"
     assert a.federation.claims.count() == 1
     via_api = (await http.get(f"{a.url}/api/v1/peers/results/{tf}")).json()
     assert via_api["result"] == result and via_api["source"] == "claim"
@@ -188,7 +187,8 @@ async def test_first_contact_without_a_url_for_the_requester(cluster: Cluster):
 
 
 async def test_database_role_answers_from_peer_claims(cluster: Cluster, http: httpx.AsyncClient):
-    """The /database protocol itself asks linked peers for a transformation it lacks."""
+    """The /database protocol itself asks linked peers trusted for results for a
+    transformation it lacks (and /api/v1/database/read answers the same)."""
     a, b = await pair(cluster)
     tf, result = hashlib.sha256(b"tf2").hexdigest(), hashlib.sha256(b"result2").hexdigest()
     r = await http.put(f"{b.url}/database", json={"type": "transformation", "checksum": tf, "value": result})
@@ -196,7 +196,10 @@ async def test_database_role_answers_from_peer_claims(cluster: Cluster, http: ht
     query = {"type": "transformation", "checksum": tf}
     assert (await http.request("GET", f"{a.url}/database", json=query)).status_code == 404  # no link yet
     cluster.grant(b, a, "results:read")
+    cluster.grant(a, b, "results:write")
     await cluster.configure()
     r = await http.request("GET", f"{a.url}/database", json=query)
     assert (r.status_code, r.text) == (200, result)
-    assert a.federation.claims.count() == 0  # untrusted for results:write: not stored
+    assert a.federation.claims.count() == 1  # stored with its signer
+    r = await http.post(f"{a.url}/api/v1/database/read", json=query)
+    assert (r.status_code, r.json()) == (200, {"value": result})

@@ -6,7 +6,8 @@ federation is on), or a buffer server at ``jobless.buffer_url`` when one is conf
 (the hashserver protocol; every buffer fetched is verified against its checksum). Known
 results are looked up in, and new ones recorded into, the node's database role when it
 runs (``context.mappings``), else a database server at ``jobless.database_url``, else
-nowhere.
+nowhere; a result unknown there may still be known from a signed claim of a peer this
+node trusts for results (``NodeContext.lookup_result``; never any other peer's claim).
 """
 
 from __future__ import annotations
@@ -55,10 +56,6 @@ class Gateway:
         if self._http is not None:
             await self._http.aclose()
 
-    @property
-    def has_database(self) -> bool:
-        return self.context.mappings is not None or self.database_url is not None
-
     # ------------------------------------------------------------------------ buffers
 
     async def fetch(self, checksum: str) -> bytes | None:
@@ -104,17 +101,24 @@ class Gateway:
     # ------------------------------------------------------------------------ results
 
     async def lookup(self, tf_checksum: str) -> str | None:
-        """The known result of a transformation, or None."""
+        """The known result of a transformation, or None: from the database, else from a
+        signed claim of a peer this node trusts for results (``NodeContext.lookup_result``)."""
         request = {"type": "transformation", "checksum": tf_checksum}
         mappings = self.context.mappings
         if mappings is not None:
             value = await mappings.read(parse_query(request))
-            return value if is_checksum(value) else None
-        if self.database_url is not None:
+            if is_checksum(value):
+                return value
+        elif self.database_url is not None:
             r = await self.http.request("GET", self.database_url, json=request)
             if r.status_code == 200 and is_checksum(r.text.strip()):
                 return r.text.strip()
-        return None
+        try:
+            answer = await self.context.lookup_result(tf_checksum)
+        except Exception as exc:  # a claim lookup that fails leaves the job to run
+            log.warning("claim lookup for %s failed: %s", tf_checksum, exc)
+            return None
+        return answer.result if answer is not None else None
 
     async def record(self, tf_checksum: str, result: str, record: dict[str, Any]) -> None:
         """Record a result and its execution record (no-op without a database)."""
@@ -153,16 +157,25 @@ class Gateway:
         return value
 
     async def build_spec(self, tf: Transformation, limits: Limits) -> JobSpec:
-        """Everything the job needs, fetched by checksum."""
-        wanted = [tf.code_checksum] + [p.checksum for p in tf.pins]
-        found = await self.fetch_many(wanted)
+        """Everything the job needs, by checksum: fetched (and so verified: see ``fetch``),
+        or sent inline with the transformation and verified against its checksum when it
+        was submitted (``Transformation.inline``, node.inline_values); those are stored
+        like any upload meanwhile, in the same round of thread hops."""
+        wanted = [cs for cs in [tf.code_checksum] + [p.checksum for p in tf.pins] if cs not in tf.inline]
+        found: dict[str, bytes | None] = {}
+
+        async def fetch() -> None:
+            found.update(await self.fetch_many(wanted))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch)
+            if tf.inline:
+                nursery.start_soon(self.store, tf.inline)
+        found.update(tf.inline)
         code_data = found[tf.code_checksum]
         if code_data is None:
-            if tf.code_text is None:
-                raise InputMissing(f"the code buffer {tf.code_checksum} is not in the buffer store")
-            code = tf.code_text
-        else:
-            code = code_data.decode(errors="replace").rstrip("\n")
+            raise InputMissing(f"the code buffer {tf.code_checksum} is not in the buffer store")
+        code = code_data.decode(errors="replace").rstrip("\n")
         pins = []
         for pin in tf.pins:
             data = found[pin.checksum]

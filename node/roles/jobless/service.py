@@ -9,10 +9,17 @@ connection closed) leaves an *orphan* job: it is killed after ``jobless.orphan_g
 seconds unless someone attaches again (the real client reconnects after a timeout). A
 hard cancel kills the job whatever the waiters.
 
+Every value a client sends inline is verified against the checksum the transformation
+names before a job exists (``node.inline_values``; a mismatch refuses the submission), so
+a job's inputs are only ever buffers named by the transformation: gathered by checksum
+from the store, or sent inline, verified and stored (``Gateway.build_spec``). No backend
+can run bytes that were not verified.
+
 Each job runs as one task in the service's nursery, inside its own cancel scope: look
-up a known result; gather the inputs; run on the backend; store the result buffers;
-record the result; DONE. Cancelling the scope at any point before the record stops all
-of it, and the backend kills the job's processes on the way out.
+up a known result (the database, or a claim of a peer trusted for results); gather the
+inputs; run on the backend; store the result buffers; record the result; DONE.
+Cancelling the scope at any point before the record stops all of it, and the backend
+kills the job's processes on the way out.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from typing import Any, Callable, Protocol
 import trio
 
 from ... import __version__
-from ...transformation import Transformation, parse_transformation
+from ...inline_values import parse_verified
+from ...transformation import Transformation
 from .backends.base import Backend
 from .gateway import Gateway, InputMissing
 from .spec import JobOutcome, JobSpec, Limits
@@ -192,11 +200,13 @@ class JobService:
         submitter: str = "",
         hops: tuple[str, ...] = (),
     ) -> tuple[Job, Waiter]:
-        """Start (or join) the job of a transformation dict; TransformationError if invalid.
+        """Start (or join) the job of a transformation dict; TransformationError if invalid,
+        InlineMismatch (a TransformationError) if a value sent inline does not hash to the
+        checksum the transformation names: then no job exists and nothing is stored.
 
         *submitter* and *hops*: for a job a peer forwarded, the node it runs for and the
         nodes that forwarded it (a job joined keeps those of its first submission)."""
-        tf = parse_transformation(transformation, tf_dunder)
+        tf = parse_verified(transformation, tf_dunder)
         job = self.active.get(tf.checksum)
         if job is None:
             old = self.finished.get(tf.checksum)
@@ -389,8 +399,7 @@ class JobService:
 
             async def lookup() -> None:
                 nonlocal known
-                if self.gateway.has_database:
-                    known = await self.gateway.lookup(tf.checksum)
+                known = await self.gateway.lookup(tf.checksum)
                 if known is not None:
                     nursery.cancel_scope.cancel()  # "checked" is set when the job ends
                 else:

@@ -81,8 +81,10 @@ def is_waiting(proc: psutil.Process) -> bool:
     if name == "seamless-ready":
         return True
     if name == "seamless-shim":
-        return all(child.name() == "seamless-ready" for child in proc.children())
-    return False
+        return all(is_waiting(child) for child in proc.children())
+    # forked by its worker a moment ago and not renamed yet: it still has the worker's name
+    parent = proc.parent()
+    return parent is not None and name == parent.name() and "jobless.backends.worker" in " ".join(parent.cmdline())
 
 
 def job_processes() -> list[psutil.Process]:
