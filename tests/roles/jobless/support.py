@@ -84,7 +84,9 @@ def is_waiting(proc: psutil.Process) -> bool:
         return all(is_waiting(child) for child in proc.children())
     # forked by its worker a moment ago and not renamed yet: it still has the worker's name
     parent = proc.parent()
-    return parent is not None and name == parent.name() and "jobless.backends.worker" in " ".join(parent.cmdline())
+    if parent is None or name != parent.name():
+        return False
+    return "jobless.backends.worker" in " ".join(parent.cmdline())
 
 
 def job_processes() -> list[psutil.Process]:
