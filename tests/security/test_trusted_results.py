@@ -13,7 +13,6 @@ Real nodes on 127.0.0.x (port 0) with real keys and links.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +115,7 @@ async def test_an_untrusted_peers_claim_does_not_answer_the_job_lookup(
     poison = hashlib.sha256(b"666\n").hexdigest()
     await claim_at(http, b, tf_cs, poison)
     payload = {"transformation_dict": tf, "tf_checksum": tf_cs, "tf_dunder": {}}
-    r = await http.request("GET", f"{a.url}/jobserver/run-transformation", content=json.dumps(payload))
+    r = await http.request("GET", f"{a.url}/jobserver/run-transformation", json=payload)
     assert r.status_code == 200, r.text
     result = r.json()["result_checksum"]
     assert result != poison
@@ -149,7 +148,7 @@ async def test_a_trusted_claim_answers_the_job_service_instead_of_rerunning(
     job = r.json()["job"]
     assert job["state"] == "done" and job["cached"] and job["result"] == result, job
     payload = {"transformation_dict": tf, "tf_checksum": tf_cs, "tf_dunder": {}}
-    r = await http.request("GET", f"{a.url}/jobserver/run-transformation", content=json.dumps(payload))
+    r = await http.request("GET", f"{a.url}/jobserver/run-transformation", json=payload)
     assert (r.status_code, r.json()["result_checksum"]) == (200, result)
     role = jobless_of(a)
     assert not role.backend.workers and role.service.counts["done"] == 1  # nothing ran at A

@@ -14,7 +14,6 @@ Real nodes on 127.0.0.x (port 0); peers are real nodes with real keys and links.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +104,7 @@ async def test_code_text_holding_other_code_is_refused_at_jobserver(start_jobs, 
     await tfs.upload(http, url)
     tf_dict = {**tf, "__code_text__": EVIL}  # where seamless-transformer puts it
     payload = {"transformation_dict": tf_dict, "tf_checksum": transformation_checksum(tf), "tf_dunder": {}}
-    r = await http.request("GET", f"{url}/jobserver/run-transformation", content=json.dumps(payload))
+    r = await http.request("GET", f"{url}/jobserver/run-transformation", json=payload)
     assert r.status_code == 400, r.text
     assert r.text.startswith("Invalid payload:") and message_names_the_pin(r.text, code_cs)
     assert nothing_ran(role)
@@ -168,7 +167,7 @@ async def test_code_checksum_pointing_at_other_stored_code_is_refused(start_jobs
     await tfs.upload(http, url)
     tf_dict = {**tf, "__code_checksum__": evil}
     payload = {"transformation_dict": tf_dict, "tf_checksum": transformation_checksum(tf), "tf_dunder": {}}
-    r = await http.request("GET", f"{url}/jobserver/run-transformation", content=json.dumps(payload))
+    r = await http.request("GET", f"{url}/jobserver/run-transformation", json=payload)
     assert r.status_code == 400, r.text
     assert "__code_checksum__" in r.text and evil in r.text and tf["code"][2] in r.text
     assert nothing_ran(role)
