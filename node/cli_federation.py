@@ -40,7 +40,8 @@ def _config(data_dir: str | None, config_file: str | None) -> NodeConfig:
         raise AssertionError from None
 
 
-def _where(fn: Any) -> Any:
+def where_options(fn: Any) -> Any:
+    """--config and --data-dir: where a command finds the node's files, as ``run`` does."""
     fn = click.option(
         "--config", "config_file", type=click.Path(dir_okay=False), help="YAML configuration file."
     )(fn)
@@ -61,7 +62,7 @@ def _identity(config: NodeConfig) -> Any:
 
 
 @click.command()
-@_where
+@where_options
 @click.option("--force", is_flag=True, help="Replace an existing key (the node gets a new id!).")
 def keygen(data_dir: str | None, config_file: str | None, force: bool) -> None:
     """Create the node's key pair (Ed25519) and print its node id.
@@ -87,7 +88,7 @@ def key() -> None:
 
 
 @key.command("show")
-@_where
+@where_options
 def key_show(data_dir: str | None, config_file: str | None) -> None:
     """Print the node id and every key with its validity period."""
     from .federation.canonical import b64encode, format_time
@@ -103,7 +104,7 @@ def key_show(data_dir: str | None, config_file: str | None) -> None:
 
 
 @key.command("rotate")
-@_where
+@where_options
 @click.option(
     "--overlap", default="7d", show_default=True, help="How long the old key stays valid (e.g. 7d, 12h)."
 )
@@ -150,7 +151,7 @@ def _next_serial(config: NodeConfig) -> int:
 
 
 @link.command("grant")
-@_where
+@where_options
 @click.option("--to", "subject", required=True, help="Node id of the peer that gets the grant.")
 @click.option(
     "--grant", "caps", required=True, help="Capabilities, e.g. buffers:read,results:read,jobs:submit."
@@ -283,7 +284,7 @@ def link_verify(files: tuple[str, ...], data_dir: str | None, config_file: str |
 
 
 @link.command("revoke")
-@_where
+@where_options
 @click.option("--serial", "serials", type=int, multiple=True, help="Serial of a link this node issued.")
 @click.option(
     "--file", "link_files", multiple=True, type=click.Path(dir_okay=False), help="A link file to revoke."
@@ -323,7 +324,7 @@ def link_revoke(
 
 
 @click.command()
-@_where
+@where_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--no-probe", is_flag=True, help="Do not contact the peers (reachable? stays unknown).")
 def peers(data_dir: str | None, config_file: str | None, as_json: bool, no_probe: bool) -> None:

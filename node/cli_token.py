@@ -22,12 +22,12 @@ import datetime
 import json
 import re
 import sys
-from typing import Any
 
 import click
 
 from .access.scopes import SCOPES, ScopeError, parse_scopes
 from .access.tokens import TokenError, create_token, load_tokens, revoke_tokens
+from .cli_federation import where_options
 from .config import build_config, parse_seconds
 from .errors import ConfigError
 
@@ -74,17 +74,6 @@ def _tokens_file(data_dir: str | None, config_file: str | None) -> str:
         raise AssertionError from None
 
 
-def _where(fn: Any) -> Any:
-    fn = click.option(
-        "--config", "config_file", type=click.Path(dir_okay=False), help="YAML configuration file."
-    )(fn)
-    return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False),
-        help="The node's data directory (default ./seamless-data).",
-    )(fn)
-
-
 def _when(seconds: float | None) -> str:
     if seconds is None:
         return "never"
@@ -101,7 +90,7 @@ def token() -> None:
 
 
 @token.command()
-@_where
+@where_options
 @click.option("--name", required=True, help="Who or what the token is for (unique among active tokens).")
 @click.option("--scopes", required=True, help=f"Comma-separated scopes, from: {', '.join(SCOPES)}.")
 @click.option("--expires", default="90d", show_default=True, help="Lifetime (30d, 12h, ...) or 'never'.")
@@ -130,7 +119,7 @@ def create(data_dir: str | None, config_file: str | None, name: str, scopes: str
 
 
 @token.command("list")
-@_where
+@where_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_(data_dir: str | None, config_file: str | None, as_json: bool) -> None:
     """Every token the node knows (never the tokens themselves): id, name, scopes,
@@ -161,7 +150,7 @@ def list_(data_dir: str | None, config_file: str | None, as_json: bool) -> None:
 
 
 @token.command()
-@_where
+@where_options
 @click.argument("name_or_id")
 def revoke(data_dir: str | None, config_file: str | None, name_or_id: str) -> None:
     """Revoke the active tokens named NAME_OR_ID, or the token with that id. A running

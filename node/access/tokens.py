@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
+from ..atomic_file import write_atomic
 from .scopes import parse_scopes
 
 log = logging.getLogger("seamless_node.access")
@@ -152,30 +153,10 @@ def load_tokens(path: str) -> list[TokenRecord]:
 
 
 def _write_file(path: str, records: list[TokenRecord]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
     body = json.dumps(
         {"version": FORMAT_VERSION, "tokens": [r.to_json() for r in records]}, indent=1
     ).encode() + b"\n"
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, body)
 
 
 @contextlib.contextmanager

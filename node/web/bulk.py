@@ -62,13 +62,7 @@ async def receive_pieces(sock: trio.socket.SocketType, sizes: list[int]) -> list
     got = 0
     while got == 0:
         got = await trio.to_thread.run_sync(_receive_slice, sock.fileno(), pieces)
-    filled: list[memoryview] = []
-    for piece in pieces:
-        if got <= 0:
-            break
-        filled.append(piece if got >= len(piece) else piece[:got])
-        got -= len(piece)
-    return filled
+    return _filled(pieces, got)
 
 
 async def sendfile(sock: trio.socket.SocketType, fd: int, count: int, *, stall_timeout: float) -> None:
@@ -112,13 +106,7 @@ async def receive_pieces_from(stream: trio.abc.ReceiveStream, sizes: list[int]) 
     with trio.move_on_after(SLICE):
         while got < total and await fill():
             pass
-    filled: list[memoryview] = []
-    for piece in pieces:
-        if got <= 0:
-            break
-        filled.append(piece if got >= len(piece) else piece[:got])
-        got -= len(piece)
-    return filled
+    return _filled(pieces, got)
 
 
 async def send_file_to(stream: trio.abc.SendStream, fd: int, count: int, *, stall_timeout: float) -> None:
@@ -188,3 +176,14 @@ def _receive_slice(sockfd: int, pieces: list[memoryview]) -> int:
                 done -= len(pieces[first])
                 first += 1
     return got
+
+
+def _filled(pieces: list[memoryview], got: int) -> list[memoryview]:
+    """The parts of *pieces* that the first *got* bytes received filled."""
+    filled: list[memoryview] = []
+    for piece in pieces:
+        if got <= 0:
+            break
+        filled.append(piece if got >= len(piece) else piece[:got])
+        got -= len(piece)
+    return filled

@@ -122,7 +122,11 @@ async def test_an_untrusted_peers_claim_does_not_answer_the_job_lookup(
     assert celltypes.deserialize(await a.context.buffers.read(result), "mixed") == 42
     job = jobless_of(a).service.get(tf_cs)
     assert job is not None and not job.cached and job.executor is None
-    r = await http.request("GET", f"{a.url}/database", json={"type": "transformation", "checksum": tf_cs})
+    # /jobserver answers once the result is stored; the database record follows it
+    query = {"type": "transformation", "checksum": tf_cs}
+    with trio.fail_after(10):
+        while (r := await http.request("GET", f"{a.url}/database", json=query)).status_code == 404:  # noqa: ASYNC110
+            await trio.sleep(0.02)
     assert (r.status_code, r.text) == (200, result)
 
 

@@ -42,6 +42,8 @@ CTLDIR = "/job/ctl"
 #: at most this many files and directories per job tmpfs
 MAX_INODES = 65536
 READ_ONLY = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV
+#: inputs up to this size fit in the room a job tmpfs has beyond the output limit
+INPUT_SLACK = 256 * 1024
 #: a job tmpfs with less room than this left is full
 FULL_BELOW = 64 * 1024
 
@@ -262,9 +264,10 @@ class Sandbox:
 
     def restrict(self, input_bytes: int, network: bool) -> None:
         """In the job's process, once its spec is in: the last steps as root, then drop."""
-        size = max(self.settings.output, 1 << 20) + input_bytes + (1 << 20)
-        linux.mount(None, JOB_DIR, None, linux.MS_REMOUNT | linux.MS_NOSUID | linux.MS_NODEV,
-                    f"size={size}")
+        if input_bytes > INPUT_SLACK:  # bash jobs find their inputs as files there
+            size = max(self.settings.output, 1 << 20) + input_bytes + (1 << 20)
+            linux.mount(None, JOB_DIR, None, linux.MS_REMOUNT | linux.MS_NOSUID | linux.MS_NODEV,
+                        f"size={size}")
         if network:
             linux.setns(self.host_net, linux.CLONE_NEWNET)
         if self.host_net >= 0:
