@@ -97,6 +97,54 @@ async def test_a_job_runs_as_an_unprivileged_uid_without_capabilities(start_node
     assert pid == 1  # the init of its own PID namespace: no other process is visible
 
 
+async def test_a_job_holds_no_descriptor_of_its_worker(start_node, http):
+    """A forked job process must not keep the worker's socket to the node (it could forge
+    the worker's messages) nor any other descriptor it was not given."""
+    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+    tfs = Transformations()
+    code = (
+        "def f():\n"
+        "    import os, stat\n"
+        "    kinds = {}\n"
+        "    for name in os.listdir('/proc/self/fd'):\n"
+        "        try:\n"
+        "            mode = os.fstat(int(name)).st_mode\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        kind = 'socket' if stat.S_ISSOCK(mode) else 'pipe' if stat.S_ISFIFO(mode) else 'file'\n"
+        "        kinds[name] = kind\n"
+        "    return kinds\n"
+    )
+    job = await run_job(http, node.url, tfs, tfs.python(code, output="plain"))
+    import json
+
+    kinds = json.loads(await result_text(http, node.url, job))
+    assert "socket" not in kinds.values(), kinds
+    assert list(kinds.values()).count("pipe") <= 1, kinds  # its own outcome pipe
+    assert len(kinds) <= 6, kinds  # stdin/out/err, the outcome pipe, the OOM counter, the listing
+
+
+async def test_a_job_cannot_read_the_nodes_environment(start_node, http, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "node-secret-4711")
+    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+    tfs = Transformations()
+    code = (
+        "def f():\n"
+        "    import os\n"
+        "    seen = str(sorted(os.environ.items()))\n"
+        "    for pid in os.listdir('/proc'):\n"
+        "        if pid.isdigit():\n"
+        "            try:\n"
+        "                seen += open(f'/proc/{pid}/environ', 'rb').read().decode(errors='replace')\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "    return seen\n"
+    )
+    job = await run_job(http, node.url, tfs, tfs.python(code, output="str"))
+    text = await result_text(http, node.url, job)
+    assert "PATH" in text and "node-secret-4711" not in text
+
+
 async def test_a_job_cannot_write_outside_its_own_directory(start_node, http):
     node = await start_node(node=JOBLESS, jobless={"workers": 1})
     tfs = Transformations()

@@ -41,6 +41,14 @@ CANCEL_GRACE = 3.0
 DRAIN_GRACE = 1.0
 
 
+#: the environment a sandboxing worker gets from the node (a job can read its worker's
+#: initial environment in /proc/self/environ: the node's secrets must not be there)
+WORKER_ENVIRONMENT = frozenset({
+    "PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ",
+    "TMPDIR",
+})
+
+
 class WorkerGone(Exception):
     pass
 
@@ -85,6 +93,8 @@ class Worker:
     async def spawn(cls, job_root: str, nursery: trio.Nursery, sandbox: str = "") -> "Worker":
         """Start a worker; *sandbox*: its SandboxSettings as JSON ("": jobs run unsandboxed)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEAMLESS_NODE")}
+        if sandbox:  # a job could read its worker's environment in /proc: only what it needs
+            env = {k: v for k, v in env.items() if k in WORKER_ENVIRONMENT}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [sys.executable, "-m", "node.roles.jobless.backends.worker", job_root, str(theirs.fileno())]
         try:

@@ -182,6 +182,8 @@ def child_main(spec_fd: int, out_fd: int, workdir: str, ctldir: str, *,
     status = 1
     try:
         _set_name(b"seamless-ready")  # what ps shows while the process waits for a job
+        # nothing of the supervisor's reaches the job: its socket to the node above all
+        _close_all_but({0, 1, 2, spec_fd, out_fd} | ({sandbox.host_net} if sandbox is not None else set()))
         os.setsid()
         if _PRCTL is not None:
             _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the supervisor
@@ -194,9 +196,11 @@ def child_main(spec_fd: int, out_fd: int, workdir: str, ctldir: str, *,
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the cap fails with EFBIG
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
+        os.close(devnull)
         for fd, name in ((1, "stdout"), (2, "stderr")):
             target = os.open(os.path.join(ctldir, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.dup2(target, fd)
+            os.close(target)
         os.chdir(workdir)
         head = _read_exactly(spec_fd, _FRAME.size)
         if head is None:
@@ -232,6 +236,17 @@ def child_main(spec_fd: int, out_fd: int, workdir: str, ctldir: str, *,
             pass
     finally:
         os._exit(status)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every file descriptor this process inherited except *keep*."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the descriptor of the listing itself, closed already
 
 
 def _load_prctl() -> Any:
