@@ -531,6 +531,12 @@ def validate(config: NodeConfig) -> NodeConfig:
     if config.database.synchronous not in ("normal", "full"):
         raise ConfigError(f"database.synchronous must be normal or full, got {config.database.synchronous!r}")
     _validate_jobless(config.jobless)
+    if config.jobless.network != "none" and config.access.networks is None:
+        raise ConfigError(
+            f"jobless.network: {config.jobless.network} lets jobs reach this machine's loopback, which holds "
+            "every scope but admin by default: set access.networks to say what loopback may do "
+            "(e.g. {127.0.0.0/8: [buffers:read]}), see docs/security.md"
+        )
     _validate_access(config)
     _validate_federation(config.federation)
     return config

@@ -145,6 +145,34 @@ async def test_a_job_cannot_read_the_nodes_environment(start_node, http, monkeyp
     assert "PATH" in text and "node-secret-4711" not in text
 
 
+@pytest.mark.parametrize("swap", ["symlink", "fifo"])
+async def test_a_job_cannot_make_its_supervisor_read_a_host_file_as_its_stderr(
+    start_node, http, tmp_path, swap
+):
+    """The supervisor (root, seeing the host) reads the tail of a failed job's stderr:
+    a job that swaps that file for a link to a host secret, or a FIFO, gets neither read."""
+    secret = tmp_path / "secret"
+    secret.write_text("host-secret-0815\n")
+    secret.chmod(0o600)
+    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+    make = f"os.symlink({str(secret)!r}, p)" if swap == "symlink" else "os.mkfifo(p)"
+    code = (
+        "def f():\n"
+        "    import os\n"
+        "    p = '/job/ctl/stderr'\n"
+        "    try:\n"
+        "        os.remove(p)\n"
+        f"        {make}\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    os._exit(1)\n"
+    )
+    tfs = Transformations()
+    job = await run_job(http, node.url, tfs, tfs.python(code), wait=30)
+    assert job["state"] == "failed", job
+    assert "host-secret-0815" not in job["error"]
+
+
 async def test_a_job_cannot_write_outside_its_own_directory(start_node, http):
     node = await start_node(node=JOBLESS, jobless={"workers": 1})
     tfs = Transformations()
@@ -172,9 +200,13 @@ NET_SCRIPT = (
 )
 
 
+#: what loopback may do on a node whose jobs may reach the network (the test client's needs)
+LOOPBACK = {"networks": {"127.0.0.0/8": ["buffers:read", "buffers:write", "jobs:submit", "results:read"]}}
+
+
 @pytest.mark.parametrize("policy", ["none", "always"])
 async def test_a_job_cannot_reach_the_network(start_node, http, policy):
-    node = await start_node(node=JOBLESS, jobless={"workers": 1, "network": policy})
+    node = await start_node(node=JOBLESS, jobless={"workers": 1, "network": policy}, access=LOOPBACK)
     with _listener() as server:
         port = server.getsockname()[1]
         tfs = Transformations()
@@ -205,7 +237,7 @@ async def test_a_job_cannot_call_the_node_it_runs_on(start_node, http):
 async def test_network_only_for_a_job_that_asks_where_the_node_permits(
     start_node, http, policy, asks, reached
 ):
-    node = await start_node(node=JOBLESS, jobless={"workers": 1, "network": policy})
+    node = await start_node(node=JOBLESS, jobless={"workers": 1, "network": policy}, access=LOOPBACK)
     with _listener() as server:
         tfs = Transformations()
         tf = tfs.bash(NET_SCRIPT.format(port=server.getsockname()[1]), salt=f"{policy}{asks}")
@@ -214,6 +246,32 @@ async def test_network_only_for_a_job_that_asks_where_the_node_permits(
         job = await run_job(http, node.url, tfs, tf)
         text = await result_text(http, node.url, job)
     assert text.strip() == ("reached" if reached else "unreachable")
+
+
+def test_a_node_whose_jobs_reach_the_network_must_say_what_loopback_may_do():
+    from node.config import build_config
+    from node.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="access.networks"):
+        build_config(flags={"jobless": {"network": "requested"}})
+
+
+async def test_a_networked_job_cannot_write_results_through_the_nodes_loopback(start_node, http):
+    node = await start_node(node=JOBLESS, jobless={"workers": 1, "network": "always"}, access=LOOPBACK)
+    port = int(node.url.rsplit(":", 1)[1])
+    body = '{"type": "transformation", "checksum": "' + "a" * 64 + '", "value": "' + "b" * 64 + '"}'
+    script = (
+        f"exec 3<>/dev/tcp/127.0.0.1/{port}\n"
+        f"printf 'PUT /database HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\nContent-Type: application/json"
+        f"\\r\\nContent-Length: {len(body)}\\r\\nConnection: close\\r\\n\\r\\n%s' '{body}' >&3\n"
+        "head -n 1 <&3 > RESULT"
+    )
+    tfs = Transformations()
+    job = await run_job(http, node.url, tfs, tfs.bash(script))
+    status_line = await result_text(http, node.url, job)
+    assert status_line.split()[1] in ("401", "403"), status_line
+    query = {"type": "transformation", "checksum": "a" * 64}
+    assert (await http.request("GET", f"{node.url}/database", json=query)).status_code == 404
 
 
 MARK = "seamless-sandbox-escape"

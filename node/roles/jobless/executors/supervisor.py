@@ -23,6 +23,7 @@ import os
 import select
 import shutil
 import signal
+import stat
 import struct
 import tempfile
 import time
@@ -87,13 +88,21 @@ def reap_leftovers(rounds: int = 5, keep: frozenset[int] = frozenset()) -> None:
 
 
 def _tail(path: str, limit: int = 3000) -> str:
+    """The end of a file the job wrote. Read by the supervisor (root, seeing the whole
+    host): never through a link, never anything but a regular file, never blocking."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            return f.read().decode(errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        size = os.fstat(fd).st_size
+        return os.pread(fd, limit, max(0, size - limit)).decode(errors="replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _classify(outcome: JobOutcome, spec: JobSpec, stderr: str) -> JobOutcome:
@@ -291,7 +300,7 @@ def compose(spec: JobSpec, payload: bytes | None, ended_by: str, wall: float, ho
             outcome = JobOutcome.from_bytes(payload)
         except (ValueError, KeyError, TypeError) as exc:
             return JobOutcome.failure(S.INTERNAL, f"the job process sent a malformed outcome: {exc}")
-        stats = {"wall_time_seconds": wall, **outcome.stats}
+        stats = {**outcome.stats, "wall_time_seconds": wall}  # the job's own figures cannot hide it
         outcome = JobOutcome(outcome.ok, outcome.result, outcome.buffers, outcome.error, outcome.kind, stats)
         return _classify(outcome, spec, stderr)
     error = (how or "the job process ended without an outcome") + (f"\n{stderr}" if stderr else "")

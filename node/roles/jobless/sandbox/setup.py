@@ -190,7 +190,9 @@ class Sandbox:
             os.rmdir(path)
             raise
         uid, gid = self.settings.uid, self.settings.gid
-        for name, mode, owner in (("work", 0o700, (uid, gid)), ("ctl", 0o700, (uid, gid)),
+        # ctl/ is root's: the job writes its stdout and stderr but cannot put anything else
+        # (a link to a host file, say) where the supervisor reads them
+        for name, mode, owner in (("work", 0o700, (uid, gid)), ("ctl", 0o755, (0, 0)),
                                   ("tmp", 0o1777, (0, 0)), ("shm", 0o1777, (0, 0))):
             sub = os.path.join(path, name)
             os.mkdir(sub)
@@ -273,6 +275,7 @@ class Sandbox:
         if self.host_net >= 0:
             os.close(self.host_net)
             self.host_net = -1
+        linux.new_session_keyring()  # nothing shared with other jobs of the same uid
         linux.drop_bounding_set()
         os.setgroups([])
         os.setresgid(self.settings.gid, self.settings.gid, self.settings.gid)
