@@ -14,8 +14,8 @@ import trio
 
 from . import __version__
 from .cli_token import redact, token_option
-from .config import BUILT_ROLES, VALID_ROLES, build_config
 from .client import with_ca_file
+from .config import BUILT_ROLES, VALID_ROLES, build_config
 from .errors import ConfigError, NodeError
 
 DEFAULT_URL = "http://127.0.0.1:5533"

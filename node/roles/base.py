@@ -20,10 +20,10 @@ from ..metrics import Metrics
 from ..store.service import BufferService
 
 if TYPE_CHECKING:
-    from ..web.fastpath import FastRoute
     from ..federation.results import ResultAnswer
     from ..federation.service import FederationService
     from ..store.mapping_service import MappingService
+    from ..web.fastpath import FastRoute
 
 
 @dataclass
