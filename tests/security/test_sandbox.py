@@ -173,6 +173,22 @@ async def test_a_job_cannot_make_its_supervisor_read_a_host_file_as_its_stderr(
     assert "host-secret-0815" not in job["error"]
 
 
+async def test_a_job_cannot_make_a_user_namespace(start_node, http):
+    """Where most kernel exploits start: a user namespace, with every capability inside
+    it. The job's seccomp filter refuses it; threads and programs still run."""
+    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+    script = (
+        "for cmd in 'unshare -U true' 'unshare -Ur true' 'unshare -Urn true'; do "
+        "if $cmd >/dev/null 2>&1; then echo \"allowed $cmd\"; else echo \"refused $cmd\"; fi; done > RESULT; "
+        "python3 -c 'import threading; t = threading.Thread(target=print); t.start(); t.join(); "
+        "print(\"threads\")' >> RESULT"
+    )
+    tfs = Transformations()
+    job = await run_job(http, node.url, tfs, tfs.bash(script))
+    text = await result_text(http, node.url, job)
+    assert "allowed" not in text and text.count("refused") == 3 and "threads" in text, text
+
+
 async def test_a_job_cannot_write_outside_its_own_directory(start_node, http):
     node = await start_node(node=JOBLESS, jobless={"workers": 1})
     tfs = Transformations()

@@ -65,3 +65,15 @@ def test_the_job_environment_keeps_nothing_of_the_nodes_but_the_locale():
     assert env["PATH"].split(":")[0] == "/venv/bin" and "/root/bin" not in env["PATH"]
     assert env["LANG"] == "C.UTF-8" and "AWS_SECRET_ACCESS_KEY" not in env
     assert env["HOME"] == "/job/work"
+
+
+def test_the_seccomp_program_is_well_formed():
+    from node.roles.jobless.sandbox.seccomp import ALLOW, program
+
+    for machine in ("x86_64", "aarch64"):
+        ops = program(machine)
+        assert 0 < len(ops) < 4096 and ops[-1] == (0x06, 0, 0, ALLOW)
+        for index, (code, jt, jf, _k) in enumerate(ops):
+            if code & 0x07 == 0x05:  # a jump lands inside the program
+                assert index + 1 + max(jt, jf) < len(ops)
+    assert program("sparc") == []

@@ -31,7 +31,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from . import linux
+from . import linux, seccomp
 from .cgroups import CgroupUnavailable, Hierarchy, JobCgroup, find_hierarchy, oom_kills, sweep
 from .plan import DEVICES, SYSTEM_PATHS, SandboxSettings, job_environment, plan_mounts
 
@@ -282,6 +282,7 @@ class Sandbox:
         os.setresuid(self.settings.uid, self.settings.uid, self.settings.uid)
         linux.die_with_parent()  # a change of uid cleared it
         linux.no_new_privs()
+        seccomp.install()
         env = job_environment(os.path.join(sys.prefix, "bin"), dict(os.environ))
         os.environ.clear()
         os.environ.update(env)
