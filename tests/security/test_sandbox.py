@@ -29,6 +29,12 @@ from tests.roles.jobless.support import JOBLESS, Transformations, processes_matc
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the job sandbox needs root")
 
 
+@pytest.fixture
+async def sandboxed(start_node):  # type: ignore[no-untyped-def]
+    """A node with the jobless role, one local worker, sandboxed as by default."""
+    return await start_node(node=JOBLESS, jobless={"workers": 1})
+
+
 async def run_job(http: httpx.AsyncClient, url: str, tfs: Transformations, tf: dict[str, Any],
                   wait: float = 60) -> dict[str, Any]:
     await tfs.upload(http, url)
@@ -56,8 +62,8 @@ async def test_a_job_cannot_read_the_node_key(start_node, http, tmp_path):
     assert key.strip() not in text.encode() and b"PRIVATE" not in text.encode()
 
 
-async def test_a_job_cannot_see_the_data_directory_the_store_or_other_jobs(start_node, http, tmp_path):
-    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+async def test_a_job_cannot_see_the_data_directory_the_store_or_other_jobs(sandboxed, http, tmp_path):
+    node = sandboxed
     data_dir = Path(node.config.node.data_dir)
     buffers = Path(node.config.buffer_directory)
     tfs = Transformations()
@@ -77,8 +83,8 @@ async def test_a_job_cannot_see_the_data_directory_the_store_or_other_jobs(start
     assert "job" in top and "usr" in top
 
 
-async def test_a_job_runs_as_an_unprivileged_uid_without_capabilities(start_node, http):
-    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+async def test_a_job_runs_as_an_unprivileged_uid_without_capabilities(sandboxed, http):
+    node = sandboxed
     tfs = Transformations()
     code = (
         "def f():\n"
@@ -97,10 +103,10 @@ async def test_a_job_runs_as_an_unprivileged_uid_without_capabilities(start_node
     assert pid == 1  # the init of its own PID namespace: no other process is visible
 
 
-async def test_a_job_holds_no_descriptor_of_its_worker(start_node, http):
+async def test_a_job_holds_no_descriptor_of_its_worker(sandboxed, http):
     """A forked job process must not keep the worker's socket to the node (it could forge
     the worker's messages) nor any other descriptor it was not given."""
-    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+    node = sandboxed
     tfs = Transformations()
     code = (
         "def f():\n"
@@ -147,14 +153,14 @@ async def test_a_job_cannot_read_the_nodes_environment(start_node, http, monkeyp
 
 @pytest.mark.parametrize("swap", ["symlink", "fifo"])
 async def test_a_job_cannot_make_its_supervisor_read_a_host_file_as_its_stderr(
-    start_node, http, tmp_path, swap
+    sandboxed, http, tmp_path, swap
 ):
     """The supervisor (root, seeing the host) reads the tail of a failed job's stderr:
     a job that swaps that file for a link to a host secret, or a FIFO, gets neither read."""
     secret = tmp_path / "secret"
     secret.write_text("host-secret-0815\n")
     secret.chmod(0o600)
-    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+    node = sandboxed
     make = f"os.symlink({str(secret)!r}, p)" if swap == "symlink" else "os.mkfifo(p)"
     code = (
         "def f():\n"
@@ -173,10 +179,10 @@ async def test_a_job_cannot_make_its_supervisor_read_a_host_file_as_its_stderr(
     assert "host-secret-0815" not in job["error"]
 
 
-async def test_a_job_cannot_make_a_user_namespace(start_node, http):
+async def test_a_job_cannot_make_a_user_namespace(sandboxed, http):
     """Where most kernel exploits start: a user namespace, with every capability inside
     it. The job's seccomp filter refuses it; threads and programs still run."""
-    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+    node = sandboxed
     script = (
         "for cmd in 'unshare -U true' 'unshare -Ur true' 'unshare -Urn true'; do "
         "if $cmd >/dev/null 2>&1; then echo \"allowed $cmd\"; else echo \"refused $cmd\"; fi; done > RESULT; "
@@ -189,8 +195,8 @@ async def test_a_job_cannot_make_a_user_namespace(start_node, http):
     assert "allowed" not in text and text.count("refused") == 3 and "threads" in text, text
 
 
-async def test_a_job_cannot_write_outside_its_own_directory(start_node, http):
-    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+async def test_a_job_cannot_write_outside_its_own_directory(sandboxed, http):
+    node = sandboxed
     tfs = Transformations()
     target = os.path.join(sys.prefix, "poisoned")
     script = (
@@ -231,8 +237,8 @@ async def test_a_job_cannot_reach_the_network(start_node, http, policy):
     assert text.strip() == ("unreachable" if policy == "none" else "reached")
 
 
-async def test_a_job_cannot_call_the_node_it_runs_on(start_node, http):
-    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+async def test_a_job_cannot_call_the_node_it_runs_on(sandboxed, http):
+    node = sandboxed
     port = int(node.url.rsplit(":", 1)[1])
     tfs = Transformations()
     code = (
@@ -297,8 +303,8 @@ def _escapees(salt: str) -> list[psutil.Process]:
     return processes_matching(f"{MARK}-{salt}")
 
 
-async def test_a_chain_of_setsid_processes_does_not_survive_cancel(start_node, http):
-    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+async def test_a_chain_of_setsid_processes_does_not_survive_cancel(sandboxed, http):
+    node = sandboxed
     tfs = Transformations()
     # each level starts the next in a new session, then sleeps under a recognisable name
     script = (
@@ -321,8 +327,8 @@ async def test_a_chain_of_setsid_processes_does_not_survive_cancel(start_node, h
     await wait_for(lambda: not _escapees("chain"), timeout=2)
 
 
-async def test_a_job_whose_worker_dies_leaves_no_process_behind(start_node, http):
-    node = await start_node(node=JOBLESS, jobless={"workers": 1})
+async def test_a_job_whose_worker_dies_leaves_no_process_behind(sandboxed, http):
+    node = sandboxed
     tfs = Transformations()
     script = (
         # try to kill its parent, as a job without a sandbox could (and then its worker)
