@@ -29,7 +29,7 @@ def test_node_paths_inside_a_shown_path_are_masked_and_shown_paths_inside_node_p
 
 
 def test_a_shown_path_that_is_a_node_path_is_not_shown():
-    plan = plan_mounts(shown=["/usr", "/work/project"], hidden=["/work/project"], symlinks={})
+    plan = plan_mounts(shown=["/usr", "/srv/project"], hidden=["/srv/project"], symlinks={})
     assert plan.binds == ("/usr",) and plan.masks == ()
 
 
