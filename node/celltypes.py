@@ -1,4 +1,4 @@
-"""Values <-> buffers, per Seamless celltype (protocols.md section 1), byte-exact with
+"""Values <-> buffers, per Seamless celltype (the celltypes of Seamless 1.x), byte-exact with
 Seamless 1.x.
 
 ``serialize(value, celltype)`` gives the buffer whose SHA-256 is the value's checksum;

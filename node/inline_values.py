@@ -2,7 +2,7 @@
 
 A transformation names every input by checksum; its own checksum covers those checksums
 and nothing else. Clients may send some of the bytes along anyway, in dunder keys that
-are *not* hashed into the transformation (protocols.md section 2):
+are *not* hashed into the transformation (docs/jobless.md, "What a job is"):
 
 ``__code_text__``
     the source text of the code, which the real Seamless 1.x client sends with every

@@ -1,4 +1,4 @@
-"""Transformation dicts: validation, identity and checksum (protocols.md section 2).
+"""Transformation dicts: validation, identity and checksum (docs/jobless.md, "What a job is").
 
 A transformation is a dict of pins ``name: [celltype, subcelltype, checksum]`` plus dunder
 keys. Its checksum is the SHA-256 of the plain buffer of its *identity dict*: the dict

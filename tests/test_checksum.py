@@ -34,7 +34,7 @@ def test_unicode_digits_rejected_even_though_int_accepts_them():
 
 
 def test_known_value_plain_42():
-    # protocols.md: plain 42 -> b"42\n" -> this checksum
+    # Seamless: plain 42 -> b"42\n" -> this checksum
     assert buffer_checksum(b"42\n") == "084c799cd551dd1d8d5c5f9a5d593b2e931f5e36122ee5c793c1d08a19839cc0"
     assert EMPTY_CHECKSUM == hashlib.sha256(b"").hexdigest()
 

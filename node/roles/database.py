@@ -1,4 +1,4 @@
-"""The database role: seamless-database 2.x at ``/database`` (protocols.md section 4).
+"""The database role: seamless-database 2.x at ``/database`` (docs/database.md).
 
 Upstream's wire format, exactly: a JSON request body sent with GET (read) or PUT (write)
 to any path under the prefix; answers are ``text/plain``: the bare hex string for

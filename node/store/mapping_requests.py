@@ -1,6 +1,6 @@
 """Database requests as values: parse and validate, no I/O.
 
-A request to the database role is a JSON object with a ``type`` (protocols.md section 4).
+A request to the database role is a JSON object with a ``type`` (docs/database.md).
 ``parse_query`` turns a read request into a ``Query``, ``parse_update`` a write request
 into an ``Update``; both raise ``MalformedRequest`` (HTTP 400) with a message that names
 the offending field. Everything the store needs is checked here, so the store never sees

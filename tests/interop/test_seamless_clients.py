@@ -28,7 +28,7 @@ from tests.helpers import checksum_of, random_buffer
 
 from .support import drive_buffer_client, place_compressed, run_tool, seamless_env, stored_path, venv_script
 
-#: plain 42 serialized by Seamless (protocols.md section 1)
+#: plain 42 serialized by Seamless (its plain celltype)
 PLAIN_42 = b"42\n"
 PLAIN_42_CHECKSUM = "084c799cd551dd1d8d5c5f9a5d593b2e931f5e36122ee5c793c1d08a19839cc0"
 

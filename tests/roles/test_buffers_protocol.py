@@ -1,4 +1,4 @@
-"""The hashserver 1.1 protocol at /buffers, request by request (protocols.md section 3)."""
+"""The hashserver 1.1 protocol at /buffers, request by request (docs/api.md)."""
 
 import gzip
 import json

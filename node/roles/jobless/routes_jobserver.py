@@ -1,4 +1,4 @@
-"""seamless-jobserver 0.3 at ``/jobserver`` (protocols.md section 5).
+"""seamless-jobserver 0.3 at ``/jobserver`` (docs/jobless.md).
 
 ==========================================  =============================================
 ``GET  /healthcheck``                       ``OK``

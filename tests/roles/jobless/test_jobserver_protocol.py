@@ -1,4 +1,4 @@
-"""/jobserver speaks seamless-jobserver 0.3 (protocols.md section 5), driven with plain
+"""/jobserver speaks seamless-jobserver 0.3 (docs/jobless.md), driven with plain
 HTTP here; tests/interop drives it with the real Seamless clients."""
 
 from __future__ import annotations
