@@ -32,9 +32,7 @@ def sandbox_settings(config: NodeConfig) -> SandboxSettings | None:
     hidden = [config.node.data_dir, config.jobs_directory, config.buffer_directory, config.database_path,
               config.key_file, config.peers_file, config.tokens_file,
               *config.buffers.extra_dirs, *config.database.extra_files]
-    hidden += [getattr(config.federation, "revocations_file", None) or ""]
-    tls = getattr(config.node, "tls", None)
-    hidden += [getattr(tls, "key_file", None) or "", getattr(config.node, "tls_key_file", None) or ""]
+    hidden += [config.revocations_file, config.node.tls_key_file or ""]
     return SandboxSettings(
         uid=cfg.sandbox_uid,
         gid=cfg.sandbox_gid,

@@ -65,10 +65,9 @@ def main(argv: list[str]) -> int:
 
 def _run(spec: "JobSpec", job_root: str, wake_read: int, should_cancel: "Callable[[], bool]") -> "JobOutcome":
     """Run the job, in the sandbox its spec asks for."""
-    from .backends.local import refusal_line
     from .executors import supervise
     from .sandbox.plan import SandboxSettings
-    from .sandbox.setup import Sandbox, SandboxUnavailable
+    from .sandbox.setup import Sandbox, SandboxUnavailable, refusal_line
     from .spec import JobOutcome
 
     sandbox = None

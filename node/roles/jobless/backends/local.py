@@ -29,6 +29,7 @@ from typing import Any, Callable
 import trio
 
 from ..executors.supervisor import compose, frame_complete
+from ..sandbox.setup import refusal_line
 from ..spec import JobOutcome, JobSpec
 from .base import Backend, BackendError
 
@@ -56,13 +57,6 @@ class WorkerGone(Exception):
 class SandboxRefused(BackendError):
     """The workers cannot sandbox jobs here: no job runs (the text says why)."""
 
-
-def refusal_line(reason: str) -> str:
-    """The one line a job refused for want of a sandbox fails with (and the log says)."""
-    return (
-        f"jobs are refused: {reason}. Setting jobless.sandbox: off runs jobs without a sandbox, "
-        "as the node's own user, with its data directory and key in reach (unsafe; docs/security.md)"
-    )
 
 
 def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:

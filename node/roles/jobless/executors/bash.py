@@ -170,8 +170,6 @@ def run_bash(spec: JobSpec, workdir: str, ctldir: str, environ: dict[str, str]) 
     _terminate_background_jobs()
     if proc.returncode:
         code = proc.returncode if proc.returncode > 0 else f"killed by signal {-proc.returncode}"
-        if proc.returncode == -signal.SIGKILL and spec.limits.memory and os.getpid() == 1:
-            code = f"{code} (in the sandbox only the kernel's OOM killer does that: out of memory)"
         raise BashFailure(_report(f"Return code {code}", spec.code, _tail(stdout_path), _tail(stderr_path)))
     result_path = os.path.join(workdir, "RESULT")
     if os.path.isdir(result_path):

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..sandbox.setup import Sandbox, Slot
 
 _MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "bad_alloc", "out of memory")
-_OUTPUT_SIGNS = ("File too large", "File size limit exceeded", "No space left on device")
+_OUTPUT_SIGNS = ("File too large", "File size limit exceeded")
 
 
 def become_subreaper() -> bool:

@@ -21,7 +21,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-from .linux import write_file
+from .linux import mounts, write_file
 
 V1_CONTROLLERS = ("pids", "memory", "freezer")
 V1_REQUIRED = ("pids", "memory")
@@ -33,14 +33,7 @@ class CgroupUnavailable(Exception):
 
 def _mounts() -> list[tuple[str, str, set[str]]]:
     """(mount point, fs type, super options) of every cgroup file system."""
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, tail = left.split(), right.split()
-            if len(tail) >= 3 and tail[0] in ("cgroup", "cgroup2"):
-                found.append((fields[4].replace("\\040", " "), tail[0], set(tail[2].split(","))))
-    return found
+    return [m for m in mounts() if m[1] in ("cgroup", "cgroup2")]
 
 
 def _own_paths() -> dict[str, str]:

@@ -13,6 +13,7 @@ import errno as errno_module
 import fcntl
 import os
 import platform
+import re
 import socket
 import struct
 
@@ -126,18 +127,6 @@ def drop_bounding_set() -> None:
             _check(-1, f"prctl(PR_CAPBSET_DROP, {cap})")
 
 
-#: keyctl's system call number, per machine
-_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
-
-
-def new_session_keyring() -> None:
-    """Join a new, anonymous session keyring (keyctl KEYCTL_JOIN_SESSION_KEYRING):
-    nothing of the supervisor's keyring reaches the job. Best effort."""
-    number = _KEYCTL.get(platform.machine())
-    if number is not None:
-        _libc.syscall(number, 1, None)
-
-
 def die_with_parent() -> None:
     """SIGKILL this process when its parent ends (PR_SET_PDEATHSIG)."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
@@ -155,6 +144,20 @@ def loopback_up() -> None:
         request = struct.pack("16sH14s", b"lo", 0, b"")
         flags = struct.unpack_from("16sH", fcntl.ioctl(s.fileno(), siocgifflags, request))[1]
         fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14s", b"lo", flags | iff_up, b""))
+
+
+def mounts() -> list[tuple[str, str, set[str]]]:
+    """(mount point, file system type, super options) of every mount this process sees,
+    from /proc/self/mountinfo (whose paths escape space, tab, newline and backslash)."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) >= 5 and len(tail) >= 3:
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                found.append((point, tail[0], set(tail[2].split(","))))
+    return found
 
 
 def write_file(path: str, text: str) -> None:

@@ -121,8 +121,6 @@ def plan_mounts(shown: list[str], hidden: list[str], symlinks: dict[str, str]) -
     binds = [p for p in topmost(shown) if not any(is_within(p, h) for h in hidden_top)]
     binds = [p for p in binds if p not in symlinks]
     masks = sorted(h for h in hidden_top if any(is_within(h, b) and h != b for b in binds))
-    dropped_whole = [b for b in binds if any(b == h for h in hidden_top)]
-    binds = [b for b in binds if b not in dropped_whole]
     return MountPlan(tuple(binds), tuple(masks), dict(symlinks))
 
 

@@ -52,6 +52,14 @@ class SandboxUnavailable(Exception):
     """The sandbox cannot be set up here; the text says why, in one line."""
 
 
+def refusal_line(reason: str) -> str:
+    """The one line a job refused for want of a sandbox fails with (and the log says)."""
+    return (
+        f"jobs are refused: {reason}. Setting jobless.sandbox: off runs jobs without a sandbox, "
+        "as the node's own user, with its data directory and key in reach (unsafe; docs/security.md)"
+    )
+
+
 @dataclass
 class Slot:
     """One job's tmpfs and cgroup, as the supervising process sees them."""
@@ -157,10 +165,8 @@ class Sandbox:
 
     def _read_only_submounts(self, path: str, target: str) -> None:
         """Mounts below a bound path (an /etc/hosts of its own, say) are read-only too."""
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4].replace("\\040", " ") for line in f]
         prefix = target.rstrip("/") + "/"
-        for point in points:
+        for point, _fstype, _options in linux.mounts():
             if point.startswith(prefix):
                 try:
                     linux.mount(None, point, None, READ_ONLY | linux.MS_BIND | linux.MS_REMOUNT)
@@ -275,7 +281,6 @@ class Sandbox:
         if self.host_net >= 0:
             os.close(self.host_net)
             self.host_net = -1
-        linux.new_session_keyring()  # nothing shared with other jobs of the same uid
         linux.drop_bounding_set()
         os.setgroups([])
         os.setresgid(self.settings.gid, self.settings.gid, self.settings.gid)
