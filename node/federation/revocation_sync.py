@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import trio
 
+from ..atomic_file import write_atomic
 from ..metrics import Metrics
 from .identity import IdentityError, KeySet, is_node_id
 from .peers import PeerClient, PeerError
@@ -51,19 +52,7 @@ MIN_REFETCH = 5.0
 
 
 def write_json_atomically(path: str, doc: Any) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, json.dumps(doc, indent=2, sort_keys=True).encode())
 
 
 class Publisher:

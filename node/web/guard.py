@@ -6,8 +6,9 @@ by the path the verdict gives (a ``/t/<token>`` prefix removed). A connection th
 hands over to hypercorn replays the original bytes, and ``FastPath`` (the ASGI app that
 hypercorn runs, fast routes first, then Quart) asks ``Guard.check_scope`` for every
 HTTP request and websocket handshake on it. So every request, whichever path serves
-it, passes the same decision exactly once before any handler sees it, and no handler,
-log line or metric sees a token that came in the path.
+it, passes the same decision before any handler sees it (a request the front reads and
+then hands over is decided twice, alike), and no handler, log line or metric sees a
+token that came in the path.
 """
 
 from __future__ import annotations

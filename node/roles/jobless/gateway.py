@@ -161,7 +161,7 @@ class Gateway:
         or sent inline with the transformation and verified against its checksum when it
         was submitted (``Transformation.inline``, node.inline_values); those are stored
         like any upload meanwhile, in the same round of thread hops."""
-        wanted = [cs for cs in [tf.code_checksum] + [p.checksum for p in tf.pins] if cs not in tf.inline]
+        wanted = [cs for cs in tf.input_checksums if cs not in tf.inline]
         found: dict[str, bytes | None] = {}
 
         async def fetch() -> None:
