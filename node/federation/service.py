@@ -192,10 +192,17 @@ class FederationService:
     # -- results ---------------------------------------------------------------------
 
     async def lookup_result(self, transformation: str, *, include_local: bool = True) -> ResultAnswer | None:
+        (answer,) = await self.lookup_results([transformation], include_local=include_local)
+        return answer
+
+    async def lookup_results(
+        self, transformations: list[str], *, include_local: bool = True
+    ) -> list[ResultAnswer | None]:
+        """Many lookups at once: each peer is asked once for all of them."""
         await self.watcher.refresh()
         if not self.context.config.federation.lookup_results:
-            return None
-        return await self.results.lookup(transformation, include_local=include_local)
+            return [None] * len(transformations)
+        return await self.results.lookup_many(transformations, include_local=include_local)
 
     # -- jobs ------------------------------------------------------------------------
 
