@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from ..checksum import parse_checksum
-from ..errors import StoreError, StoreFull, StoreReadOnly
+from ..checksum import new_hasher, parse_checksum
+from ..errors import ChecksumMismatch, StoreError, StoreFull, StoreReadOnly
 from . import layout as L
 from .direct_io import DirectSupport
 from .reader import OpenedBuffer, VerifiedReader, open_in_shard, open_shard
@@ -318,9 +318,18 @@ class BufferStore:
         self.verified.remember(checksum, FileStamp.of(st))
 
     def put(self, checksum: str, data: bytes, encoding: str | None = None) -> bool:
-        """Store a whole in-memory buffer (the same protocol as a streamed write)."""
+        """Store a whole in-memory buffer (the same protocol as a streamed write).
+
+        The bytes are verified even when the buffer is already there (hashing a small
+        body costs little): a wrong body is refused, never acknowledged as present."""
         parse_checksum(checksum)
-        if self._stat_many([checksum])[0] is not None:
+        if encoding is None and self._stat_many([checksum])[0] is not None:
+            hasher = new_hasher()
+            hasher.update(data)
+            if hasher.hexdigest() != checksum:
+                raise ChecksumMismatch(
+                    f"Incorrect checksum: the body hashes to {hasher.hexdigest()}, not {checksum}"
+                )
             return False
         pending = self.begin_write(checksum, encoding, len(data))
         try:
@@ -328,7 +337,7 @@ class BufferStore:
         except BaseException:
             pending.abort()
             raise
-        return self.finish_write(pending, check_exists=False)
+        return self.finish_write(pending)
 
     # -- damage -----------------------------------------------------------------------
 

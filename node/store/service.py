@@ -36,8 +36,7 @@ SMALL_READ = 4 * CHUNK
 
 class PutOutcome(enum.Enum):
     CREATED = "created"  # stored now (HTTP 200)
-    EXISTED = "existed"  # was already present (HTTP 201)
-    IN_PROGRESS = "in-progress"  # the same upload is running (HTTP 202)
+    EXISTED = "existed"  # was already present, or stored meanwhile by another upload (201)
 
 
 @dataclass
@@ -164,7 +163,7 @@ class BufferService:
         """Open a buffer for sending; waits for a promised or in-progress upload first."""
         parse_checksum(checksum)
         result = await self.run_sync(self._open_for_get, checksum, accept)
-        if result is None and wait_pending and self.pending.is_pending(checksum):
+        while result is None and wait_pending and self.pending.is_pending(checksum):
             await self.pending.wait(checksum)
             result = await self.run_sync(self._open_for_get, checksum, accept)
         if isinstance(result, VerifiedReader):
@@ -194,6 +193,12 @@ class BufferService:
     ) -> PutOutcome:
         """Store a buffer from a stream of chunks, verified against *checksum*.
 
+        Returns only once the buffer is in the store (an acknowledgement means stored).
+        Concurrent uploads of one checksum do not wait for each other: each writes and
+        verifies its own bytes in its own temp file, and the first verified one to be
+        committed wins (CREATED); the others find it there (EXISTED). A slow or lying
+        uploader thus never makes an honest one's bytes be dropped.
+
         Raises ChecksumMismatch, BufferTooLarge, StoreFull, InvalidBody, UploadTimeout...;
         in every such case nothing is stored."""
         parse_checksum(checksum)
@@ -201,16 +206,13 @@ class BufferService:
             from ..errors import StoreReadOnly
 
             raise StoreReadOnly("this node's buffer store is read-only")
-        if self.pending.is_uploading(checksum):
-            return PutOutcome.IN_PROGRESS
         small = expected_size is not None and expected_size < CHUNK
         # A large body is not read at all when the buffer is already here. A small one is
         # written in a single hop that makes the same check (see BufferStore.put).
         if not small and (await self.run_sync(self.store.has_many, [checksum]))[0]:
             self.pending.resolve(checksum)
             return PutOutcome.EXISTED
-        if not self.pending.start_upload(checksum):
-            return PutOutcome.IN_PROGRESS
+        self.pending.start_upload(checksum)
         stored = False
         try:
             created = await self._write(checksum, chunks, encoding, expected_size)
