@@ -20,17 +20,16 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from ..checksum import new_hasher, parse_checksum
-from ..errors import ChecksumMismatch, StoreError, StoreFull, StoreReadOnly
+from ..errors import ChecksumMismatch, StoreError, StoreReadOnly
 from . import layout as L
 from .direct_io import DirectSupport
 from .reader import OpenedBuffer, VerifiedReader, open_in_shard, open_shard
+from .space import SpaceGuard
 from .verified import VERIFIED_MIN_SIZE, FileStamp, VerifiedFiles
-from .writer import PendingWrite, raise_for_oserror
+from .writer import PendingWrite
 
 log = logging.getLogger("seamless_node.store")
 
-#: how long a free-space reading is reused before statvfs is called again (seconds)
-FREE_SPACE_TTL = 1.0
 
 
 @dataclass(frozen=True)
@@ -98,8 +97,8 @@ class BufferStore:
         self._extra_dirs = [os.path.abspath(os.fspath(d)) for d in extra_dirs]
         self.layout: L.Layout = layout or "prefix"
         self.roots: list[StoreRoot] = []
-        self._free_bytes = 0
-        self._free_checked_at = -FREE_SPACE_TTL
+        #: the free-space reserve, charged as bytes land (see space.py)
+        self.space = SpaceGuard(self.directory, reserve_free_bytes)
         self.tmp_dir = os.path.join(self.directory, L.TMP_DIR)
         self.quarantine_dir = os.path.join(self.directory, L.QUARANTINE_DIR)
 
@@ -252,8 +251,8 @@ class BufferStore:
         parse_checksum(checksum)
         if self.readonly:
             raise StoreReadOnly("this buffer store is read-only")
-        if self.reserve_free_bytes or expected_size:
-            self._check_free_space(expected_size or 0)
+        if expected_size:
+            self.space.check(expected_size)  # refused before any byte is read
         return PendingWrite(
             checksum,
             self.tmp_dir,
@@ -262,33 +261,7 @@ class BufferStore:
             self.fsync,
             expected_size=expected_size,
             direct=self.direct_io,
-        )
-
-    def _check_free_space(self, incoming: int) -> None:
-        """Refuse (StoreFull) a write that would leave less than the reserve free.
-
-        A statvfs reading is reused for FREE_SPACE_TTL seconds, minus what was admitted
-        since; a refusal is only ever based on a fresh reading. ENOSPC during the write
-        itself is still caught as StoreFull."""
-        now = time.monotonic()
-        fresh = now - self._free_checked_at > FREE_SPACE_TTL
-        for attempt in (0, 1):
-            if fresh:
-                try:
-                    st = os.statvfs(self.directory)
-                except OSError as exc:
-                    raise_for_oserror(exc, "checking free space")
-                    return
-                self._free_bytes, self._free_checked_at = st.f_bavail * st.f_frsize, now
-            if self._free_bytes >= incoming + self.reserve_free_bytes:
-                self._free_bytes -= incoming
-                return
-            if fresh:
-                break
-            fresh = True
-        raise StoreFull(
-            f"not enough free space on the buffer store: {self._free_bytes} bytes free, "
-            f"{incoming} needed plus a reserve of {self.reserve_free_bytes}"
+            space=self.space,
         )
 
     def finish_write(self, pending: PendingWrite, *, check_exists: bool = True) -> bool:
