@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -23,6 +24,7 @@ from ..checksum import new_hasher, parse_checksum
 from ..errors import ChecksumMismatch, StoreError, StoreReadOnly
 from . import layout as L
 from .direct_io import DirectSupport
+from .locks import DEFAULT_LOCK_TIMEOUT, lock_in_force, lock_paths
 from .reader import OpenedBuffer, VerifiedReader, open_in_shard, open_shard
 from .space import SpaceGuard
 from .verified import VERIFIED_MIN_SIZE, FileStamp, VerifiedFiles
@@ -83,7 +85,13 @@ class BufferStore:
         reserve_free_bytes: int = 0,
         verified_ttl: float = 0.0,
         direct_io_min_size: int | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
+        #: how long another tool's lock file is honoured (see locks.py)
+        self.lock_timeout = lock_timeout
+        #: checksum -> ((path, stamp, sidecar), verified length) of compressed files
+        self._compressed_lengths: dict[str, tuple[tuple[object, ...], int]] = {}
+        self._lengths_lock = threading.Lock()
         #: which uploads are written with O_DIRECT (see direct_io.py); None: none
         self.direct_io = DirectSupport(direct_io_min_size)
         #: recently verified files, read again without re-hashing (see verified.py)
@@ -147,11 +155,13 @@ class BufferStore:
     def _locations(self, root: StoreRoot, checksum: str) -> list[L.BufferLocation]:
         return L.candidate_locations(root.path, checksum, root.layout)
 
-    def open_buffer(self, checksum: str) -> OpenedBuffer | None:
-        """Open the first stored variant of *checksum* (primary store, then extra dirs)."""
+    def open_buffer(self, checksum: str, accept: Iterable[str] = ()) -> OpenedBuffer | None:
+        """Open the first stored variant of *checksum* (primary store, then extra dirs):
+        the plain file, else a compressed one the client accepts as stored, else any."""
         parse_checksum(checksum)
         for root in self.roots:
             locations = self._locations(root, checksum)
+            locations.sort(key=lambda loc: (loc.encoding is not None, loc.encoding not in accept))
             dir_fd = open_shard(locations[0].directory, nofollow=root.layout == "prefix")
             if dir_fd is None:
                 continue
@@ -163,6 +173,25 @@ class BufferStore:
             finally:
                 os.close(dir_fd)
         return None
+
+    def root_of(self, location: L.BufferLocation) -> StoreRoot | None:
+        for root in self.roots:
+            if location.directory == root.path or os.path.dirname(location.directory) == root.path:
+                return root
+        return None
+
+    def locked(self, checksum: str, location: L.BufferLocation | None = None) -> bool:
+        """Whether another tool's lock file is in force for *checksum* (see locks.py): in
+        *location*'s directory, or in any of the store's directories."""
+        roots = self.roots
+        if location is not None:
+            root = self.root_of(location)
+            roots = [root] if root is not None else roots
+        names = (location.filename,) if location is not None else ()
+        return any(
+            lock_in_force(lock_paths(r.path, r.layout, checksum, names), self.lock_timeout)
+            for r in roots
+        )
 
     def _stat_many(self, checksums: list[str]) -> list[tuple[L.BufferLocation, int] | None]:
         """For each checksum, its first regular stored file and that file's size."""
@@ -187,7 +216,12 @@ class BufferStore:
         return [r is not None for r in self._stat_many(checksums)]
 
     def lengths(self, checksums: list[str]) -> list[int]:
-        """Decompressed lengths; 0 for an absent buffer (as hashserver answers)."""
+        """Decompressed lengths; 0 for an absent buffer (as hashserver answers).
+
+        A compressed file's length is never taken from its sidecar unverified: the file
+        is decompressed and hashed (which also checks the sidecar; a damaged pair is
+        quarantined and counts as absent). The verified length is remembered while the
+        file is unchanged, so that asking again costs a stat."""
         out: list[int] = []
         for cs, found in zip(checksums, self._stat_many(checksums)):
             if found is None:
@@ -195,39 +229,42 @@ class BufferStore:
             elif found[0].encoding is None:
                 out.append(found[1])
             else:
-                opened = self.open_buffer(cs)
-                if opened is None:
-                    out.append(0)
-                elif opened.length is not None:
-                    os.close(opened.fd)
-                    out.append(opened.length)
-                else:
-                    out.append(self._count_decompressed(opened, cs))
+                out.append(self._verified_length(cs))
         return out
 
-    def _count_decompressed(self, opened: OpenedBuffer, checksum: str) -> int:
-        """Length of a compressed file without a sidecar (copied in by hand, or left by a
-        crash between hashserver's rename and its sidecar write): decompress and count."""
-        reader = VerifiedReader(opened, checksum, None)
-        total = 0
+    def _verified_length(self, checksum: str) -> int:
+        opened = self.open_buffer(checksum)
+        if opened is None:
+            return 0
+        if opened.location.encoding is None:
+            os.close(opened.fd)
+            return opened.stored_size
+        key = (opened.location.path, opened.stamp, opened.length)
+        with self._lengths_lock:
+            known = self._compressed_lengths.get(checksum)
+        if known is not None and known[0] == key:
+            os.close(opened.fd)
+            return known[1]
+        reader = VerifiedReader(opened, checksum, opened.location.encoding, on_corrupt=self.quarantine)
         try:
-            while True:
-                data, at_end = reader.read_chunk()
-                total += len(data)
-                if at_end:
-                    return total
+            reader.read_all()  # as stored: decoded only to hash and count
         except StoreError:
             return 0
+        with self._lengths_lock:
+            self._compressed_lengths[checksum] = (key, reader.decoded)
+            while len(self._compressed_lengths) > 10_000:
+                self._compressed_lengths.pop(next(iter(self._compressed_lengths)))
+        return reader.decoded
 
     # -- reading --------------------------------------------------------------------
 
     def open_reader(self, checksum: str, accept: set[str] = frozenset()) -> VerifiedReader | None:  # type: ignore[assignment]
-        opened = self.open_buffer(checksum)
+        opened = self.open_buffer(checksum, accept)
         if opened is None:
             return None
         stored = opened.location.encoding
         send = stored if stored is not None and stored in accept else None
-        return VerifiedReader(opened, checksum, send, self.verified)
+        return VerifiedReader(opened, checksum, send, self.verified, on_corrupt=self.quarantine)
 
     def read(self, checksum: str) -> bytes | None:
         """The whole buffer, verified; None if absent. Raises CorruptBuffer (and
@@ -235,11 +272,7 @@ class BufferStore:
         reader = self.open_reader(checksum)
         if reader is None:
             return None
-        try:
-            return reader.read_all()
-        except StoreError:
-            self.quarantine(reader.opened.location, "failed verification on read")
-            raise
+        return reader.read_all()
 
     # -- writing --------------------------------------------------------------------
 
@@ -315,30 +348,49 @@ class BufferStore:
     # -- damage -----------------------------------------------------------------------
 
     def quarantine(self, location: L.BufferLocation, reason: str) -> str | None:
-        """Move a damaged file out of the store; return where it went."""
+        """Move a damaged file (and a compressed file's length sidecar) out of the store;
+        return where it went. The one place where the store judges a file damaged: a
+        file under another tool's lock (locks.py) may still be being written, and is
+        left alone; so is a file outside the store or in a read-only one."""
+        checksum = location.filename.split(".", 1)[0]
+        if self.locked(checksum, location):
+            log.warning("buffer %s failed verification (%s) under a lock: left in place", location.path, reason)
+            return None
         if self.readonly or not location.path.startswith(self.directory + os.sep):
             log.error("corrupt buffer %s (%s); store is read-only, left in place", location.path, reason)
             return None
         os.makedirs(self.quarantine_dir, exist_ok=True)
-        target = os.path.join(self.quarantine_dir, f"{location.filename}.{time.time_ns()}")
+        stamp = time.time_ns()
+        target = os.path.join(self.quarantine_dir, f"{location.filename}.{stamp}")
         try:
             os.rename(location.path, target)
         except FileNotFoundError:
             return None
+        self.verified.forget(checksum)
+        if location.encoding is not None:
+            sidecar = checksum + L.LENGTH_SIDECAR_SUFFIX
+            try:
+                os.rename(
+                    os.path.join(location.directory, sidecar),
+                    os.path.join(self.quarantine_dir, f"{sidecar}.{stamp}"),
+                )
+            except OSError:
+                pass
         log.error("quarantined %s: %s", location.path, reason)
         return target
 
-    def iter_files(self) -> Iterator[tuple[str, L.BufferLocation]]:
-        """Every buffer file in the primary store, as (checksum, location); for fsck."""
+    def shards(self) -> list[str]:
+        """The primary store's shard directories (the store itself in a flat layout)."""
         root = self.directory
         if self.layout == "prefix":
-            shards = sorted(
-                e.path for e in os.scandir(root)
-                if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
+            return sorted(
+                e.path for e in os.scandir(root) if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
             )
-        else:
-            shards = [root]
-        for shard in shards:
+        return [root]
+
+    def iter_files(self) -> Iterator[tuple[str, L.BufferLocation]]:
+        """Every buffer file in the primary store, as (checksum, location); for fsck."""
+        for shard in self.shards():
             for entry in sorted(os.scandir(shard), key=lambda e: e.name):
                 parsed = L.encoding_of_filename(entry.name)
                 if parsed is None:

@@ -21,6 +21,7 @@ import trio
 from ..checksum import parse_checksum
 from ..errors import CorruptBuffer, StoreError
 from .buffers import BufferStore
+from .locks import POLL_INTERVAL
 from .promises import PendingBuffers
 from .reader import CHUNK, VerifiedReader
 
@@ -32,6 +33,13 @@ T = TypeVar("T")
 WRITE_QUEUE = 1
 #: Buffers up to this size are read whole, verified, and sent with a definite answer.
 SMALL_READ = 4 * CHUNK
+
+
+class _Locked:
+    """Another tool holds a lock on the buffer: look again shortly."""
+
+
+LOCKED = _Locked()
 
 
 class PutOutcome(enum.Enum):
@@ -69,12 +77,7 @@ class StreamedBuffer:
                 while True:
                     try:
                         item = await service.run_sync(self._reader.read_chunk)
-                    except CorruptBuffer as exc:
-                        await service.run_sync(
-                            service.store.quarantine,
-                            self._reader.opened.location,
-                            "failed verification while streaming",
-                        )
+                    except CorruptBuffer as exc:  # the reader had the file quarantined
                         await send.send(exc)
                         return
                     await send.send(item)
@@ -144,28 +147,50 @@ class BufferService:
 
     # -- reading ----------------------------------------------------------------------
 
-    def _open_for_get(self, checksum: str, accept: set[str]) -> SmallBuffer | VerifiedReader | None:
-        reader = self.store.open_reader(checksum, accept)
+    def _open_for_get(
+        self, checksum: str, accept: set[str], honour_locks: bool
+    ) -> SmallBuffer | VerifiedReader | _Locked | None:
+        """Open (and, if small, read and verify) a buffer; LOCKED while another tool's
+        lock is in force and the buffer is missing, does not verify yet, or would be
+        streamed (a streamed answer cannot be taken back). See locks.py."""
+        store = self.store
+        reader = store.open_reader(checksum, accept)
         if reader is None:
-            return None
+            return LOCKED if honour_locks and store.locked(checksum) else None
+        location = reader.opened.location
         size = reader.content_length
         if size is not None and size <= SMALL_READ:
             try:
                 return SmallBuffer(reader.read_all(), reader.send_encoding)
             except CorruptBuffer:
-                self.store.quarantine(reader.opened.location, "failed verification on read")
+                # the store did not quarantine a file under a lock: its writer may not be done
+                if honour_locks and store.locked(checksum, location):
+                    return LOCKED
                 raise
+        if honour_locks and store.locked(checksum, location):
+            reader.close()
+            return LOCKED
         return reader
+
+    async def _open_waiting_for_locks(self, checksum: str, accept: set[str]) -> SmallBuffer | VerifiedReader | None:
+        deadline = trio.current_time() + self.store.lock_timeout
+        while True:
+            honour = trio.current_time() < deadline
+            result = await self.run_sync(self._open_for_get, checksum, accept, honour)
+            if not isinstance(result, _Locked):
+                return result
+            await trio.sleep(POLL_INTERVAL)
 
     async def get(
         self, checksum: str, accept: set[str] = frozenset(), *, wait_pending: bool = True  # type: ignore[assignment]
     ) -> SmallBuffer | StreamedBuffer | None:
-        """Open a buffer for sending; waits for a promised or in-progress upload first."""
+        """Open a buffer for sending; waits for a promised or in-progress upload first,
+        and for another tool's lock on it (up to the lock timeout)."""
         parse_checksum(checksum)
-        result = await self.run_sync(self._open_for_get, checksum, accept)
+        result = await self._open_waiting_for_locks(checksum, accept)
         while result is None and wait_pending and self.pending.is_pending(checksum):
             await self.pending.wait(checksum)
-            result = await self.run_sync(self._open_for_get, checksum, accept)
+            result = await self._open_waiting_for_locks(checksum, accept)
         if isinstance(result, VerifiedReader):
             return StreamedBuffer(self, result)
         return result
