@@ -347,14 +347,25 @@ class BufferStore:
 
     # -- damage -----------------------------------------------------------------------
 
-    def quarantine(self, location: L.BufferLocation, reason: str) -> str | None:
+    def changed_since(self, location: L.BufferLocation, stamp: FileStamp | None) -> bool:
+        """Whether the file at *location* is no longer the one stamped *stamp* (written
+        to, replaced or removed since)."""
+        if stamp is None:
+            return False
+        try:
+            return FileStamp.of(os.stat(location.path, follow_symlinks=False)) != stamp
+        except OSError:
+            return True
+
+    def quarantine(self, location: L.BufferLocation, reason: str, stamp: FileStamp | None = None) -> str | None:
         """Move a damaged file (and a compressed file's length sidecar) out of the store;
         return where it went. The one place where the store judges a file damaged: a
-        file under another tool's lock (locks.py) may still be being written, and is
-        left alone; so is a file outside the store or in a read-only one."""
+        file under another tool's lock (locks.py), or changed since it was opened (as
+        *stamp*), may still be being written, and is left alone; so is a file outside
+        the store or in a read-only one."""
         checksum = location.filename.split(".", 1)[0]
-        if self.locked(checksum, location):
-            log.warning("buffer %s failed verification (%s) under a lock: left in place", location.path, reason)
+        if self.locked(checksum, location) or self.changed_since(location, stamp):
+            log.warning("buffer %s failed verification (%s) while being written: left in place", location.path, reason)
             return None
         if self.readonly or not location.path.startswith(self.directory + os.sep):
             log.error("corrupt buffer %s (%s); store is read-only, left in place", location.path, reason)

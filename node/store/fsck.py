@@ -21,6 +21,7 @@ from ..errors import StoreError
 from .buffers import BufferStore
 from .layout import LENGTH_SIDECAR_SUFFIX, SUFFIX_ENCODINGS, BufferLocation
 from .reader import VerifiedReader, open_in_shard, open_shard
+from .verified import FileStamp
 
 
 @dataclass
@@ -79,13 +80,13 @@ def fsck(
         report.checked += 1
         report.bytes_checked += opened.stored_size
 
-        def damaged(location: BufferLocation, reason: str) -> None:
-            if store.locked(checksum, location):
+        def damaged(location: BufferLocation, reason: str, stamp: FileStamp | None) -> None:
+            if store.locked(checksum, location) or store.changed_since(location, stamp):
                 report.locked.append(location.path)  # its writer may not be done
                 return
             report.corrupt.append(location.path)
             if repair:
-                target = store.quarantine(location, reason)
+                target = store.quarantine(location, reason, stamp)
                 if target:
                     report.quarantined.append(target)
 

@@ -89,8 +89,9 @@ def read_sidecar(dir_fd: int, location: BufferLocation) -> int | None:
     return value if value >= 0 else None
 
 
-#: called with a damaged file's location and the reason, before CorruptBuffer is raised
-OnCorrupt = Callable[[BufferLocation, str], object]
+#: called with a damaged file's location, the reason and the file's identity when it was
+#: opened, before CorruptBuffer is raised
+OnCorrupt = Callable[[BufferLocation, str, "FileStamp | None"], object]
 
 
 class VerifiedReader:
@@ -141,6 +142,9 @@ class VerifiedReader:
         elif stored == "gzip":
             self._decoded_stream = gzip.GzipFile(fileobj=self._file, mode="rb")
         self.finished = False
+        #: the file failed verification; and was moved to quarantine
+        self.damaged = False
+        self.quarantined = False
 
     def _count_and_hash(self, piece: bytes) -> None:
         self.decoded += len(piece)
@@ -155,11 +159,12 @@ class VerifiedReader:
 
     def _corrupt(self, message: str) -> CorruptBuffer:
         """Report damage: quarantine (through the store) and return the error to raise."""
+        self.damaged = True
         self.close()
         if self._verified is not None:
             self._verified.forget(self.checksum)
         if self._on_corrupt is not None:
-            self._on_corrupt(self.opened.location, message)
+            self.quarantined = bool(self._on_corrupt(self.opened.location, message, self.opened.stamp))
         return CorruptBuffer(message)
 
     def read_chunk(self, size: int = CHUNK) -> tuple[bytes, bool]:

@@ -163,8 +163,13 @@ class BufferService:
             try:
                 return SmallBuffer(reader.read_all(), reader.send_encoding)
             except CorruptBuffer:
-                # the store did not quarantine a file under a lock: its writer may not be done
-                if honour_locks and store.locked(checksum, location):
+                # a file under a lock, or changed while it was read, was left in place (its
+                # writer may not be done): look again
+                if (
+                    honour_locks
+                    and not reader.quarantined
+                    and (store.locked(checksum, location) or store.changed_since(location, reader.opened.stamp))
+                ):
                     return LOCKED
                 raise
         if honour_locks and store.locked(checksum, location):
