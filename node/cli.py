@@ -293,7 +293,7 @@ def fsck(data_dir: str | None, directory: str | None, config_file: str | None, n
     for path in report.strays:
         click.echo(f"STRAY   {path}")
     for path in report.locked:
-        click.echo(f"LOCKED  {path} (does not verify, but another tool is still writing it: under a lock, or changing)")
+        click.echo(f"LOCKED  {path} (does not verify, but is still being written: locked or changing)")
     for path in report.quarantined:
         click.echo(f"moved to {path}")
     click.echo(

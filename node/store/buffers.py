@@ -18,7 +18,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Collection, Iterable, Iterator
 
 from ..checksum import new_hasher, parse_checksum
 from ..errors import ChecksumMismatch, StoreError, StoreReadOnly
@@ -155,7 +155,7 @@ class BufferStore:
     def _locations(self, root: StoreRoot, checksum: str) -> list[L.BufferLocation]:
         return L.candidate_locations(root.path, checksum, root.layout)
 
-    def open_buffer(self, checksum: str, accept: Iterable[str] = ()) -> OpenedBuffer | None:
+    def open_buffer(self, checksum: str, accept: Collection[str] = ()) -> OpenedBuffer | None:
         """Open the first stored variant of *checksum* (primary store, then extra dirs):
         the plain file, else a compressed one the client accepts as stored, else any."""
         parse_checksum(checksum)
@@ -357,7 +357,9 @@ class BufferStore:
         except OSError:
             return True
 
-    def quarantine(self, location: L.BufferLocation, reason: str, stamp: FileStamp | None = None) -> str | None:
+    def quarantine(
+        self, location: L.BufferLocation, reason: str, stamp: FileStamp | None = None
+    ) -> str | None:
         """Move a damaged file (and a compressed file's length sidecar) out of the store;
         return where it went. The one place where the store judges a file damaged: a
         file under another tool's lock (locks.py), or changed since it was opened (as
@@ -365,14 +367,16 @@ class BufferStore:
         the store or in a read-only one."""
         checksum = location.filename.split(".", 1)[0]
         if self.locked(checksum, location) or self.changed_since(location, stamp):
-            log.warning("buffer %s failed verification (%s) while being written: left in place", location.path, reason)
+            log.warning(
+                "buffer %s failed verification (%s) while being written: left in place", location.path, reason
+            )
             return None
         if self.readonly or not location.path.startswith(self.directory + os.sep):
             log.error("corrupt buffer %s (%s); store is read-only, left in place", location.path, reason)
             return None
         os.makedirs(self.quarantine_dir, exist_ok=True)
-        stamp = time.time_ns()
-        target = os.path.join(self.quarantine_dir, f"{location.filename}.{stamp}")
+        moved_at = time.time_ns()
+        target = os.path.join(self.quarantine_dir, f"{location.filename}.{moved_at}")
         try:
             os.rename(location.path, target)
         except FileNotFoundError:
@@ -383,7 +387,7 @@ class BufferStore:
             try:
                 os.rename(
                     os.path.join(location.directory, sidecar),
-                    os.path.join(self.quarantine_dir, f"{sidecar}.{stamp}"),
+                    os.path.join(self.quarantine_dir, f"{sidecar}.{moved_at}"),
                 )
             except OSError:
                 pass

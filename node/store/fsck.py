@@ -80,7 +80,9 @@ def fsck(
         report.checked += 1
         report.bytes_checked += opened.stored_size
 
-        def damaged(location: BufferLocation, reason: str, stamp: FileStamp | None) -> None:
+        def damaged(
+            location: BufferLocation, reason: str, stamp: FileStamp | None, checksum: str = checksum
+        ) -> None:
             if store.locked(checksum, location) or store.changed_since(location, stamp):
                 report.locked.append(location.path)  # its writer may not be done
                 return
@@ -100,7 +102,8 @@ def fsck(
     report.strays.extend(orphans)
     if repair:  # sidecars left alone, and those of stray files removed above
         for path in orphan_sidecars(store):
-            target = store.quarantine(BufferLocation(os.path.dirname(path), os.path.basename(path), None), "orphan length sidecar")
+            location = BufferLocation(os.path.dirname(path), os.path.basename(path), None)
+            target = store.quarantine(location, "orphan length sidecar")
             if target and path in orphans:
                 report.quarantined.append(target)
     return report

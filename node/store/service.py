@@ -168,7 +168,10 @@ class BufferService:
                 if (
                     honour_locks
                     and not reader.quarantined
-                    and (store.locked(checksum, location) or store.changed_since(location, reader.opened.stamp))
+                    and (
+                        store.locked(checksum, location)
+                        or store.changed_since(location, reader.opened.stamp)
+                    )
                 ):
                     return LOCKED
                 raise
@@ -177,7 +180,9 @@ class BufferService:
             return LOCKED
         return reader
 
-    async def _open_waiting_for_locks(self, checksum: str, accept: set[str]) -> SmallBuffer | VerifiedReader | None:
+    async def _open_waiting_for_locks(
+        self, checksum: str, accept: set[str]
+    ) -> SmallBuffer | VerifiedReader | None:
         deadline = trio.current_time() + self.store.lock_timeout
         while True:
             honour = trio.current_time() < deadline

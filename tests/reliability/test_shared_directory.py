@@ -117,9 +117,9 @@ async def test_fsck_leaves_a_locked_file_alone(node):
     (shard(node, cs) / (cs + ".LOCK")).write_bytes(b"")
     target = shard(node, cs) / cs
     target.write_bytes(data[:1000])  # still being written
-    run = subprocess.run(
-        [sys.executable, "-m", "node", "fsck", "--data-dir", str(node.config.node.data_dir)],
-        capture_output=True, text=True, timeout=60,
+    args = [sys.executable, "-m", "node", "fsck", "--data-dir", str(node.config.node.data_dir)]
+    run = await trio.to_thread.run_sync(
+        lambda: subprocess.run(args, capture_output=True, text=True, timeout=60)
     )
     assert f"LOCKED  {target}" in run.stdout, run.stdout
     assert "CORRUPT" not in run.stdout and target.exists()
