@@ -1,4 +1,4 @@
-"""The free-space reserve counts bytes as they land (docs/security.md, "Disk full").
+"""The free-space reserve counts bytes as they land (docs/security.md, "The store keeps its word").
 
 On a small real tmpfs holding both the buffer store and the result database: compression
 bombs (a few KiB of zstd or gzip that decompress to more than the disk), chunked bodies
