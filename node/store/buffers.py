@@ -92,6 +92,7 @@ class BufferStore:
         #: checksum -> ((path, stamp, sidecar), verified length) of compressed files
         self._compressed_lengths: dict[str, tuple[tuple[object, ...], int]] = {}
         self._lengths_lock = threading.Lock()
+        self._commit_locks = [threading.Lock() for _ in range(64)]
         #: which uploads are written with O_DIRECT (see direct_io.py); None: none
         self.direct_io = DirectSupport(direct_io_min_size)
         #: recently verified files, read again without re-hashing (see verified.py)
@@ -306,8 +307,14 @@ class BufferStore:
             if check_exists and self._stat_many([pending.checksum])[0] is not None:
                 pending.abort()
                 return False
+            pending.seal()
             location = self.primary_location(pending.checksum)
-            pending.commit(location)
+            # concurrent uploads of one checksum: exactly one is placed, the others find it
+            with self._commit_locks[int(pending.checksum[:2], 16) % len(self._commit_locks)]:
+                if check_exists and self._stat_many([pending.checksum])[0] is not None:
+                    pending.abort()
+                    return False
+                pending.place(location)
             if pending.length >= VERIFIED_MIN_SIZE:
                 self._remember_written(pending.checksum, location)
             return True

@@ -225,7 +225,13 @@ class PendingWrite:
 
     def commit(self, location: BufferLocation) -> None:
         """Make the verified temp file visible at *location* (see the module docstring)."""
-        assert self._fd is not None
+        self.seal()
+        self.place(location)
+
+    def seal(self) -> None:
+        """Flush the verified temp file to disk and make it read-only (step 4, first half)."""
+        if self._fd is None:
+            return  # sealed already
         self._settle()
         self._close_direct()
         fd, self._fd = self._fd, None
@@ -237,6 +243,9 @@ class PendingWrite:
             os.close(fd)
             raise_for_oserror(exc, "flushing a buffer to disk")
         os.close(fd)
+
+    def place(self, location: BufferLocation) -> None:
+        """Rename the sealed temp file to *location* and flush the directory."""
         try:
             created_dir = _ensure_directory(location.directory)
             try:
