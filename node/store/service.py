@@ -198,8 +198,13 @@ class BufferService:
         and for another tool's lock on it (up to the lock timeout)."""
         parse_checksum(checksum)
         result = await self._open_waiting_for_locks(checksum, accept)
+        # uploads that keep failing (one after another) hold a waiter no longer than a promise
+        deadline = trio.current_time() + self.pending.promise_ttl
         while result is None and wait_pending and self.pending.is_pending(checksum):
-            await self.pending.wait(checksum)
+            if trio.current_time() >= deadline:
+                break
+            with trio.move_on_at(deadline):
+                await self.pending.wait(checksum)
             result = await self._open_waiting_for_locks(checksum, accept)
         if isinstance(result, VerifiedReader):
             return StreamedBuffer(self, result)
