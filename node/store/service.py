@@ -148,18 +148,18 @@ class BufferService:
     # -- reading ----------------------------------------------------------------------
 
     def _open_for_get(
-        self, checksum: str, accept: set[str], honour_locks: bool
+        self, checksum: str, accept: set[str], honour_locks: bool, whole: bool = False
     ) -> SmallBuffer | VerifiedReader | _Locked | None:
-        """Open (and, if small, read and verify) a buffer; LOCKED while another tool's
-        lock is in force and the buffer is missing, does not verify yet, or would be
-        streamed (a streamed answer cannot be taken back). See locks.py."""
+        """Open (and, if small or *whole*, read and verify) a buffer; LOCKED while another
+        tool's lock is in force and the buffer is missing, does not verify yet, or would
+        be streamed (a streamed answer cannot be taken back). See locks.py."""
         store = self.store
         reader = store.open_reader(checksum, accept)
         if reader is None:
             return LOCKED if honour_locks and store.locked(checksum) else None
         location = reader.opened.location
         size = reader.content_length
-        if size is not None and size <= SMALL_READ:
+        if whole or (size is not None and size <= SMALL_READ):
             try:
                 return SmallBuffer(reader.read_all(), reader.send_encoding)
             except CorruptBuffer:
@@ -181,12 +181,12 @@ class BufferService:
         return reader
 
     async def _open_waiting_for_locks(
-        self, checksum: str, accept: set[str]
+        self, checksum: str, accept: set[str], whole: bool = False
     ) -> SmallBuffer | VerifiedReader | None:
         deadline = trio.current_time() + self.store.lock_timeout
         while True:
             honour = trio.current_time() < deadline
-            result = await self.run_sync(self._open_for_get, checksum, accept, honour)
+            result = await self.run_sync(self._open_for_get, checksum, accept, honour, whole)
             if not isinstance(result, _Locked):
                 return result
             await trio.sleep(POLL_INTERVAL)
@@ -211,9 +211,12 @@ class BufferService:
         return result
 
     async def read(self, checksum: str) -> bytes | None:
-        """The whole decompressed buffer in memory (for small buffers: inputs, records)."""
+        """The whole decompressed buffer in memory (for small buffers: inputs, records);
+        waits for another tool's lock on it as ``get`` does."""
         parse_checksum(checksum)
-        return await self.run_sync(self.store.read, checksum)
+        result = await self._open_waiting_for_locks(checksum, set(), whole=True)
+        assert not isinstance(result, VerifiedReader)
+        return None if result is None else result.data
 
     # -- writing ----------------------------------------------------------------------
 

@@ -175,3 +175,37 @@ async def test_gzip_client_gets_an_existing_gz_as_stored(node, http):
     # one that accepts neither gets the plain bytes
     r = await http.get(f"{node.buffers_url}/{cs}", headers=IDENTITY)
     assert r.status_code == 200 and r.content == data and "content-encoding" not in r.headers
+
+
+async def test_service_read_waits_for_the_lock_too(tmp_path):
+    """The whole-buffer read that jobs and the database role use honours locks as GET does."""
+    from node.store.buffers import BufferStore
+    from node.store.service import BufferService
+
+    data = os.urandom(200_000)
+    cs = sha256(data)
+    service = BufferService(BufferStore(tmp_path / "buffers"))
+    async with trio.open_nursery() as nursery:
+        await service.open(nursery)
+        shard_dir = tmp_path / "buffers" / cs[:2]
+        shard_dir.mkdir()
+        lock_path = shard_dir / (cs + ".LOCK")
+        lock_path.write_bytes(b"")
+        target = shard_dir / cs
+        target.write_bytes(data[:1000])  # still being written
+        result: list[bytes | None] = []
+
+        async def read() -> None:
+            result.append(await service.read(cs))
+
+        nursery.start_soon(read)
+        await trio.sleep(0.5)
+        assert result == [] and target.exists()
+        with open(target, "ab") as f:
+            f.write(data[1000:])
+        lock_path.unlink()
+        with trio.fail_after(10):
+            while not result:
+                await trio.sleep(0.05)
+    assert result == [data]
+    assert not any((tmp_path / "buffers" / ".quarantine").iterdir())
