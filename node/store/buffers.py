@@ -24,6 +24,7 @@ from ..checksum import new_hasher, parse_checksum
 from ..errors import ChecksumMismatch, StoreError, StoreReadOnly
 from . import layout as L
 from .direct_io import DirectSupport
+from .lengths import CompressedLengths
 from .locks import DEFAULT_LOCK_TIMEOUT, lock_in_force, lock_paths
 from .reader import OpenedBuffer, VerifiedReader, open_in_shard, open_shard
 from .space import SpaceGuard
@@ -89,9 +90,8 @@ class BufferStore:
     ) -> None:
         #: how long another tool's lock file is honoured (see locks.py)
         self.lock_timeout = lock_timeout
-        #: checksum -> ((path, stamp, sidecar), verified length) of compressed files
-        self._compressed_lengths: dict[str, tuple[tuple[object, ...], int]] = {}
-        self._lengths_lock = threading.Lock()
+        #: verified lengths of compressed files (see lengths.py)
+        self._compressed_lengths = CompressedLengths()
         self._commit_locks = [threading.Lock() for _ in range(64)]
         #: which uploads are written with O_DIRECT (see direct_io.py); None: none
         self.direct_io = DirectSupport(direct_io_min_size)
@@ -217,12 +217,8 @@ class BufferStore:
         return [r is not None for r in self._stat_many(checksums)]
 
     def lengths(self, checksums: list[str]) -> list[int]:
-        """Decompressed lengths; 0 for an absent buffer (as hashserver answers).
-
-        A compressed file's length is never taken from its sidecar unverified: the file
-        is decompressed and hashed (which also checks the sidecar; a damaged pair is
-        quarantined and counts as absent). The verified length is remembered while the
-        file is unchanged, so that asking again costs a stat."""
+        """Decompressed lengths; 0 for an absent buffer (as hashserver answers). A
+        compressed file's length is verified, never read from its sidecar (lengths.py)."""
         out: list[int] = []
         for cs, found in zip(checksums, self._stat_many(checksums)):
             if found is None:
@@ -240,22 +236,7 @@ class BufferStore:
         if opened.location.encoding is None:
             os.close(opened.fd)
             return opened.stored_size
-        key = (opened.location.path, opened.stamp, opened.length)
-        with self._lengths_lock:
-            known = self._compressed_lengths.get(checksum)
-        if known is not None and known[0] == key:
-            os.close(opened.fd)
-            return known[1]
-        reader = VerifiedReader(opened, checksum, opened.location.encoding, on_corrupt=self.quarantine)
-        try:
-            reader.read_all()  # as stored: decoded only to hash and count
-        except StoreError:
-            return 0
-        with self._lengths_lock:
-            self._compressed_lengths[checksum] = (key, reader.decoded)
-            while len(self._compressed_lengths) > 10_000:
-                self._compressed_lengths.pop(next(iter(self._compressed_lengths)))
-        return reader.decoded
+        return self._compressed_lengths.length(opened, checksum, self.quarantine)
 
     # -- reading --------------------------------------------------------------------
 
