@@ -69,6 +69,7 @@ def build_node(config: NodeConfig) -> Node:
         reserve_free_bytes=cfg.reserve_free_bytes,
         verified_ttl=float(cfg.verified_ttl),
         direct_io_min_size=int(cfg.direct_io_min_size) if cfg.direct_io else None,
+        lock_timeout=float(cfg.lock_timeout),
     )
     metrics = Metrics()
     service = BufferService(store, threads=cfg.threads, promise_ttl=cfg.promise_ttl)

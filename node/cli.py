@@ -261,6 +261,8 @@ def has(checksums: tuple[str, ...], url: str) -> None:
 def fsck(data_dir: str | None, directory: str | None, config_file: str | None, no_repair: bool) -> None:
     """Re-hash every stored buffer; list and quarantine damaged ones.
 
+    Compressed files are decoded and checked against their length sidecars. A file that
+    does not verify while another tool's lock covers it is listed as LOCKED and left alone.
     Exit status 0 when the store is sound, 1 when damage was found (damaged files are moved
     to .quarantine/ in the store unless --no-repair).
     """
@@ -275,7 +277,10 @@ def fsck(data_dir: str | None, directory: str | None, config_file: str | None, n
     root = directory or config.buffer_directory
     if not os.path.isdir(root):
         _fail(f"no buffer directory at {root}", 2)
-    store = BufferStore(root, readonly=no_repair, layout=config.buffers.layout)  # type: ignore[arg-type]
+    store = BufferStore(
+        root, readonly=no_repair, layout=config.buffers.layout,  # type: ignore[arg-type]
+        lock_timeout=float(config.buffers.lock_timeout),
+    )
     try:
         store.open(clear_tmp=False)  # a running node may be writing there
     except NodeError as exc:
@@ -287,6 +292,8 @@ def fsck(data_dir: str | None, directory: str | None, config_file: str | None, n
         click.echo(f"CORRUPT {path}")
     for path in report.strays:
         click.echo(f"STRAY   {path}")
+    for path in report.locked:
+        click.echo(f"LOCKED  {path} (does not verify, but is still being written: locked or changing)")
     for path in report.quarantined:
         click.echo(f"moved to {path}")
     click.echo(

@@ -137,7 +137,9 @@ class BuffersSection:
     readonly: bool = False
     #: larger uploads are refused with 413 (decompressed size for compressed uploads)
     max_buffer_size: Size = Size(64 * 1024**3)
-    #: writes are refused (507) when they would leave less free disk than this
+    #: buffer writes are refused (507) when they would leave less free disk than this,
+    #: counted as bytes land (decompressed, chunked, from peers and jobs): the headroom of
+    #: the database and job directories when they share the filesystem
     reserve_free_bytes: Size = Size(64 * 1024**2)
     #: an upload that sends no byte for this long is ended with 408
     upload_idle_timeout: Seconds = Seconds(30.0)
@@ -145,6 +147,10 @@ class BuffersSection:
     upload_min_rate: Size = Size(16 * 1024)
     #: seconds before upload_min_rate applies
     upload_grace: Seconds = Seconds(10.0)
+    #: how long another tool's lock file in the buffer directory (.LOCK, <checksum>.LOCK,
+    #: as hashserver honours them) makes reads of the buffers it covers wait, counted from
+    #: the lock's modification time; 0 = lock files are ignored
+    lock_timeout: Seconds = Seconds(120.0)
     #: how long a promised buffer (PUT /buffers/promise/<cs>) counts as present
     promise_ttl: Seconds = Seconds(600.0)
     #: worker threads for store I/O

@@ -138,7 +138,8 @@ class BufferFetcher:
         if (await self.buffers.has([checksum]))[0]:
             return True
         if checksum == EMPTY_CHECKSUM:
-            return (await self.buffers.put_bytes(checksum, b"")) is not PutOutcome.IN_PROGRESS
+            await self.buffers.put_bytes(checksum, b"")
+            return True
         entry = self._inflight.get(checksum)
         if entry is None:
             entry = (trio.Event(), [])

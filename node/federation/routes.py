@@ -42,7 +42,7 @@ from .gate import Admission, Refusal
 from .peers import REFUSAL_HEADER
 from .signing import Reason
 
-_STORED = {PutOutcome.CREATED: 200, PutOutcome.EXISTED: 201, PutOutcome.IN_PROGRESS: 202}
+_STORED = {PutOutcome.CREATED: 200, PutOutcome.EXISTED: 201}
 
 
 def _json(value: Any, status: int = 200) -> Response:

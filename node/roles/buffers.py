@@ -25,7 +25,7 @@ from .base import Role
 
 log = logging.getLogger("seamless_node.buffers")
 
-_OUTCOME_STATUS = {PutOutcome.CREATED: 200, PutOutcome.EXISTED: 201, PutOutcome.IN_PROGRESS: 202}
+_OUTCOME_STATUS = {PutOutcome.CREATED: 200, PutOutcome.EXISTED: 201}
 
 
 def json_response(value: object, status: int = 200) -> Response:

@@ -15,22 +15,24 @@ import logging
 import os
 import shutil
 import stat
+import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Collection, Iterable, Iterator
 
-from ..checksum import parse_checksum
-from ..errors import StoreError, StoreFull, StoreReadOnly
+from ..checksum import new_hasher, parse_checksum
+from ..errors import ChecksumMismatch, StoreError, StoreReadOnly
 from . import layout as L
 from .direct_io import DirectSupport
+from .lengths import CompressedLengths
+from .locks import DEFAULT_LOCK_TIMEOUT, lock_in_force, lock_paths
 from .reader import OpenedBuffer, VerifiedReader, open_in_shard, open_shard
+from .space import SpaceGuard
 from .verified import VERIFIED_MIN_SIZE, FileStamp, VerifiedFiles
-from .writer import PendingWrite, raise_for_oserror
+from .writer import PendingWrite
 
 log = logging.getLogger("seamless_node.store")
 
-#: how long a free-space reading is reused before statvfs is called again (seconds)
-FREE_SPACE_TTL = 1.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,13 @@ class BufferStore:
         reserve_free_bytes: int = 0,
         verified_ttl: float = 0.0,
         direct_io_min_size: int | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
+        #: how long another tool's lock file is honoured (see locks.py)
+        self.lock_timeout = lock_timeout
+        #: verified lengths of compressed files (see lengths.py)
+        self._compressed_lengths = CompressedLengths()
+        self._commit_locks = [threading.Lock() for _ in range(64)]
         #: which uploads are written with O_DIRECT (see direct_io.py); None: none
         self.direct_io = DirectSupport(direct_io_min_size)
         #: recently verified files, read again without re-hashing (see verified.py)
@@ -98,8 +106,8 @@ class BufferStore:
         self._extra_dirs = [os.path.abspath(os.fspath(d)) for d in extra_dirs]
         self.layout: L.Layout = layout or "prefix"
         self.roots: list[StoreRoot] = []
-        self._free_bytes = 0
-        self._free_checked_at = -FREE_SPACE_TTL
+        #: the free-space reserve, charged as bytes land (see space.py)
+        self.space = SpaceGuard(self.directory, reserve_free_bytes)
         self.tmp_dir = os.path.join(self.directory, L.TMP_DIR)
         self.quarantine_dir = os.path.join(self.directory, L.QUARANTINE_DIR)
 
@@ -148,11 +156,13 @@ class BufferStore:
     def _locations(self, root: StoreRoot, checksum: str) -> list[L.BufferLocation]:
         return L.candidate_locations(root.path, checksum, root.layout)
 
-    def open_buffer(self, checksum: str) -> OpenedBuffer | None:
-        """Open the first stored variant of *checksum* (primary store, then extra dirs)."""
+    def open_buffer(self, checksum: str, accept: Collection[str] = ()) -> OpenedBuffer | None:
+        """Open the first stored variant of *checksum* (primary store, then extra dirs):
+        the plain file, else a compressed one the client accepts as stored, else any."""
         parse_checksum(checksum)
         for root in self.roots:
             locations = self._locations(root, checksum)
+            locations.sort(key=lambda loc: (loc.encoding is not None, loc.encoding not in accept))
             dir_fd = open_shard(locations[0].directory, nofollow=root.layout == "prefix")
             if dir_fd is None:
                 continue
@@ -164,6 +174,25 @@ class BufferStore:
             finally:
                 os.close(dir_fd)
         return None
+
+    def root_of(self, location: L.BufferLocation) -> StoreRoot | None:
+        for root in self.roots:
+            if location.directory == root.path or os.path.dirname(location.directory) == root.path:
+                return root
+        return None
+
+    def locked(self, checksum: str, location: L.BufferLocation | None = None) -> bool:
+        """Whether another tool's lock file is in force for *checksum* (see locks.py): in
+        *location*'s directory, or in any of the store's directories."""
+        roots = self.roots
+        if location is not None:
+            root = self.root_of(location)
+            roots = [root] if root is not None else roots
+        names = (location.filename,) if location is not None else ()
+        return any(
+            lock_in_force(lock_paths(r.path, r.layout, checksum, names), self.lock_timeout)
+            for r in roots
+        )
 
     def _stat_many(self, checksums: list[str]) -> list[tuple[L.BufferLocation, int] | None]:
         """For each checksum, its first regular stored file and that file's size."""
@@ -188,7 +217,8 @@ class BufferStore:
         return [r is not None for r in self._stat_many(checksums)]
 
     def lengths(self, checksums: list[str]) -> list[int]:
-        """Decompressed lengths; 0 for an absent buffer (as hashserver answers)."""
+        """Decompressed lengths; 0 for an absent buffer (as hashserver answers). A
+        compressed file's length is verified, never read from its sidecar (lengths.py)."""
         out: list[int] = []
         for cs, found in zip(checksums, self._stat_many(checksums)):
             if found is None:
@@ -196,39 +226,27 @@ class BufferStore:
             elif found[0].encoding is None:
                 out.append(found[1])
             else:
-                opened = self.open_buffer(cs)
-                if opened is None:
-                    out.append(0)
-                elif opened.length is not None:
-                    os.close(opened.fd)
-                    out.append(opened.length)
-                else:
-                    out.append(self._count_decompressed(opened, cs))
+                out.append(self._verified_length(cs))
         return out
 
-    def _count_decompressed(self, opened: OpenedBuffer, checksum: str) -> int:
-        """Length of a compressed file without a sidecar (copied in by hand, or left by a
-        crash between hashserver's rename and its sidecar write): decompress and count."""
-        reader = VerifiedReader(opened, checksum, None)
-        total = 0
-        try:
-            while True:
-                data, at_end = reader.read_chunk()
-                total += len(data)
-                if at_end:
-                    return total
-        except StoreError:
+    def _verified_length(self, checksum: str) -> int:
+        opened = self.open_buffer(checksum)
+        if opened is None:
             return 0
+        if opened.location.encoding is None:
+            os.close(opened.fd)
+            return opened.stored_size
+        return self._compressed_lengths.length(opened, checksum, self.quarantine)
 
     # -- reading --------------------------------------------------------------------
 
     def open_reader(self, checksum: str, accept: set[str] = frozenset()) -> VerifiedReader | None:  # type: ignore[assignment]
-        opened = self.open_buffer(checksum)
+        opened = self.open_buffer(checksum, accept)
         if opened is None:
             return None
         stored = opened.location.encoding
         send = stored if stored is not None and stored in accept else None
-        return VerifiedReader(opened, checksum, send, self.verified)
+        return VerifiedReader(opened, checksum, send, self.verified, on_corrupt=self.quarantine)
 
     def read(self, checksum: str) -> bytes | None:
         """The whole buffer, verified; None if absent. Raises CorruptBuffer (and
@@ -236,11 +254,7 @@ class BufferStore:
         reader = self.open_reader(checksum)
         if reader is None:
             return None
-        try:
-            return reader.read_all()
-        except StoreError:
-            self.quarantine(reader.opened.location, "failed verification on read")
-            raise
+        return reader.read_all()
 
     # -- writing --------------------------------------------------------------------
 
@@ -252,8 +266,8 @@ class BufferStore:
         parse_checksum(checksum)
         if self.readonly:
             raise StoreReadOnly("this buffer store is read-only")
-        if self.reserve_free_bytes or expected_size:
-            self._check_free_space(expected_size or 0)
+        if expected_size:
+            self.space.check(expected_size)  # refused before any byte is read
         return PendingWrite(
             checksum,
             self.tmp_dir,
@@ -262,33 +276,7 @@ class BufferStore:
             self.fsync,
             expected_size=expected_size,
             direct=self.direct_io,
-        )
-
-    def _check_free_space(self, incoming: int) -> None:
-        """Refuse (StoreFull) a write that would leave less than the reserve free.
-
-        A statvfs reading is reused for FREE_SPACE_TTL seconds, minus what was admitted
-        since; a refusal is only ever based on a fresh reading. ENOSPC during the write
-        itself is still caught as StoreFull."""
-        now = time.monotonic()
-        fresh = now - self._free_checked_at > FREE_SPACE_TTL
-        for attempt in (0, 1):
-            if fresh:
-                try:
-                    st = os.statvfs(self.directory)
-                except OSError as exc:
-                    raise_for_oserror(exc, "checking free space")
-                    return
-                self._free_bytes, self._free_checked_at = st.f_bavail * st.f_frsize, now
-            if self._free_bytes >= incoming + self.reserve_free_bytes:
-                self._free_bytes -= incoming
-                return
-            if fresh:
-                break
-            fresh = True
-        raise StoreFull(
-            f"not enough free space on the buffer store: {self._free_bytes} bytes free, "
-            f"{incoming} needed plus a reserve of {self.reserve_free_bytes}"
+            space=self.space,
         )
 
     def finish_write(self, pending: PendingWrite, *, check_exists: bool = True) -> bool:
@@ -300,8 +288,14 @@ class BufferStore:
             if check_exists and self._stat_many([pending.checksum])[0] is not None:
                 pending.abort()
                 return False
+            pending.seal()
             location = self.primary_location(pending.checksum)
-            pending.commit(location)
+            # concurrent uploads of one checksum: exactly one is placed, the others find it
+            with self._commit_locks[int(pending.checksum[:2], 16) % len(self._commit_locks)]:
+                if check_exists and self._stat_many([pending.checksum])[0] is not None:
+                    pending.abort()
+                    return False
+                pending.place(location)
             if pending.length >= VERIFIED_MIN_SIZE:
                 self._remember_written(pending.checksum, location)
             return True
@@ -318,9 +312,18 @@ class BufferStore:
         self.verified.remember(checksum, FileStamp.of(st))
 
     def put(self, checksum: str, data: bytes, encoding: str | None = None) -> bool:
-        """Store a whole in-memory buffer (the same protocol as a streamed write)."""
+        """Store a whole in-memory buffer (the same protocol as a streamed write).
+
+        The bytes are verified even when the buffer is already there (hashing a small
+        body costs little): a wrong body is refused, never acknowledged as present."""
         parse_checksum(checksum)
-        if self._stat_many([checksum])[0] is not None:
+        if encoding is None and self._stat_many([checksum])[0] is not None:
+            hasher = new_hasher()
+            hasher.update(data)
+            if hasher.hexdigest() != checksum:
+                raise ChecksumMismatch(
+                    f"Incorrect checksum: the body hashes to {hasher.hexdigest()}, not {checksum}"
+                )
             return False
         pending = self.begin_write(checksum, encoding, len(data))
         try:
@@ -328,35 +331,69 @@ class BufferStore:
         except BaseException:
             pending.abort()
             raise
-        return self.finish_write(pending, check_exists=False)
+        return self.finish_write(pending)
 
     # -- damage -----------------------------------------------------------------------
 
-    def quarantine(self, location: L.BufferLocation, reason: str) -> str | None:
-        """Move a damaged file out of the store; return where it went."""
+    def changed_since(self, location: L.BufferLocation, stamp: FileStamp | None) -> bool:
+        """Whether the file at *location* is no longer the one stamped *stamp* (written
+        to, replaced or removed since)."""
+        if stamp is None:
+            return False
+        try:
+            return FileStamp.of(os.stat(location.path, follow_symlinks=False)) != stamp
+        except OSError:
+            return True
+
+    def quarantine(
+        self, location: L.BufferLocation, reason: str, stamp: FileStamp | None = None
+    ) -> str | None:
+        """Move a damaged file (and a compressed file's length sidecar) out of the store;
+        return where it went. The one place where the store judges a file damaged: a
+        file under another tool's lock (locks.py), or changed since it was opened (as
+        *stamp*), may still be being written, and is left alone; so is a file outside
+        the store or in a read-only one."""
+        checksum = location.filename.split(".", 1)[0]
+        if self.locked(checksum, location) or self.changed_since(location, stamp):
+            log.warning(
+                "buffer %s failed verification (%s) while being written: left in place", location.path, reason
+            )
+            return None
         if self.readonly or not location.path.startswith(self.directory + os.sep):
             log.error("corrupt buffer %s (%s); store is read-only, left in place", location.path, reason)
             return None
         os.makedirs(self.quarantine_dir, exist_ok=True)
-        target = os.path.join(self.quarantine_dir, f"{location.filename}.{time.time_ns()}")
+        moved_at = time.time_ns()
+        target = os.path.join(self.quarantine_dir, f"{location.filename}.{moved_at}")
         try:
             os.rename(location.path, target)
         except FileNotFoundError:
             return None
+        self.verified.forget(checksum)
+        if location.encoding is not None:
+            sidecar = checksum + L.LENGTH_SIDECAR_SUFFIX
+            try:
+                os.rename(
+                    os.path.join(location.directory, sidecar),
+                    os.path.join(self.quarantine_dir, f"{sidecar}.{moved_at}"),
+                )
+            except OSError:
+                pass
         log.error("quarantined %s: %s", location.path, reason)
         return target
 
-    def iter_files(self) -> Iterator[tuple[str, L.BufferLocation]]:
-        """Every buffer file in the primary store, as (checksum, location); for fsck."""
+    def shards(self) -> list[str]:
+        """The primary store's shard directories (the store itself in a flat layout)."""
         root = self.directory
         if self.layout == "prefix":
-            shards = sorted(
-                e.path for e in os.scandir(root)
-                if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
+            return sorted(
+                e.path for e in os.scandir(root) if len(e.name) == 2 and e.is_dir(follow_symlinks=False)
             )
-        else:
-            shards = [root]
-        for shard in shards:
+        return [root]
+
+    def iter_files(self) -> Iterator[tuple[str, L.BufferLocation]]:
+        """Every buffer file in the primary store, as (checksum, location); for fsck."""
+        for shard in self.shards():
             for entry in sorted(os.scandir(shard), key=lambda e: e.name):
                 parsed = L.encoding_of_filename(entry.name)
                 if parsed is None:

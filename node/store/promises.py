@@ -2,8 +2,9 @@
 
 A client may announce an upload with ``PUT /promise/<cs>``; until the promise expires (or
 the buffer arrives) ``/has`` counts the buffer as present and a GET waits for it instead of
-answering 404. An upload in progress is tracked the same way, so that a concurrent
-identical upload gets 202 and a concurrent GET waits for it.
+answering 404. Uploads in progress are tracked the same way (several uploads of one
+checksum may run at once, each writing its own bytes): ``/has`` counts them, and a GET
+waits until one of them has stored the buffer or all of them have ended.
 
 Waiting is bounded by the promise's expiry and is cancelled with the request (or the node's
 shutdown): no wait outlives the server.
@@ -22,13 +23,23 @@ class _Pending:
         self.event = trio.Event()
 
 
+class _Uploads:
+    """Uploads of one checksum in progress; *event* is set (and replaced) as each ends."""
+
+    __slots__ = ("count", "event")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.event = trio.Event()
+
+
 class PendingBuffers:
     """Checksums that are promised or being uploaded, with a way to wait for them."""
 
     def __init__(self, promise_ttl: float) -> None:
         self.promise_ttl = promise_ttl
         self._promised: dict[str, _Pending] = {}
-        self._uploading: dict[str, _Pending] = {}
+        self._uploading: dict[str, _Uploads] = {}
 
     # -- promises -------------------------------------------------------------------
 
@@ -57,17 +68,23 @@ class PendingBuffers:
 
     # -- uploads in progress ----------------------------------------------------------
 
-    def start_upload(self, checksum: str) -> bool:
-        """Mark an upload as started; False if the same buffer is already being uploaded."""
-        if checksum in self._uploading:
-            return False
-        self._uploading[checksum] = _Pending(float("inf"))
-        return True
+    def start_upload(self, checksum: str) -> None:
+        """Count one more upload of *checksum* in progress."""
+        entry = self._uploading.get(checksum)
+        if entry is None:
+            entry = self._uploading[checksum] = _Uploads()
+        entry.count += 1
 
     def end_upload(self, checksum: str, stored: bool) -> None:
-        entry = self._uploading.pop(checksum, None)
+        """One upload ended (*stored*: its bytes are in the store): wake the waiters, who
+        look again."""
+        entry = self._uploading.get(checksum)
         if entry is not None:
-            entry.event.set()
+            entry.count -= 1
+            if entry.count <= 0:
+                del self._uploading[checksum]
+            event, entry.event = entry.event, trio.Event()
+            event.set()
         if stored:
             self.resolve(checksum)
 
@@ -86,14 +103,15 @@ class PendingBuffers:
         return self.is_uploading(checksum) or self.is_promised(checksum)
 
     async def wait(self, checksum: str) -> None:
-        """Wait until *checksum* is no longer pending (stored, failed or expired)."""
-        while True:
-            entry = self._uploading.get(checksum)
-            if entry is not None:
-                await entry.event.wait()
-                continue
-            if not self.is_promised(checksum):
-                return
-            entry = self._promised[checksum]
-            with trio.move_on_at(entry.deadline):
-                await entry.event.wait()
+        """Wait until something changes for *checksum*: an upload of it ends (stored or
+        not), or its promise is kept or expires. The caller looks again and, if the
+        buffer is still absent but pending, waits again."""
+        uploads = self._uploading.get(checksum)
+        if uploads is not None:
+            await uploads.event.wait()
+            return
+        if not self.is_promised(checksum):
+            return
+        entry = self._promised[checksum]
+        with trio.move_on_at(entry.deadline):
+            await entry.event.wait()

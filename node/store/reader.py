@@ -13,6 +13,7 @@ import gzip
 import os
 import stat
 from dataclasses import dataclass
+from typing import Callable
 
 import zstandard
 
@@ -88,6 +89,11 @@ def read_sidecar(dir_fd: int, location: BufferLocation) -> int | None:
     return value if value >= 0 else None
 
 
+#: called with a damaged file's location, the reason and the file's identity when it was
+#: opened, before CorruptBuffer is raised
+OnCorrupt = Callable[[BufferLocation, str, "FileStamp | None"], object]
+
+
 class VerifiedReader:
     """Reads one stored buffer in chunks, hashing the decompressed bytes.
 
@@ -96,32 +102,53 @@ class VerifiedReader:
     With *verified* given, a plain file verified recently and unchanged since (see
     ``verified.py``) is read without hashing (``trusted``), and a file that hashes right
     to its end is remembered there.
+
+    A compressed file's length sidecar is a hint, checked like the bytes: decompressed
+    output is counted, never handed out beyond the sidecar's length (which is what a
+    decompressed answer declares), and at the end must equal it. Any damage (wrong hash,
+    wrong length, undecodable data) calls *on_corrupt* (the store's one quarantine
+    function) and raises CorruptBuffer.
     """
 
     def __init__(
-        self, opened: OpenedBuffer, checksum: str, send_encoding: str | None, verified: VerifiedFiles | None = None
+        self,
+        opened: OpenedBuffer,
+        checksum: str,
+        send_encoding: str | None,
+        verified: VerifiedFiles | None = None,
+        on_corrupt: OnCorrupt | None = None,
     ) -> None:
         self.opened = opened
         self.checksum = checksum
         self.send_encoding = send_encoding
         self._verified = verified
+        self._on_corrupt = on_corrupt
         plain = opened.location.encoding is None and opened.stamp is not None
         self.trusted = plain and verified is not None and verified.is_verified(checksum, opened.stamp)
         self._hasher = new_hasher()
         self._file = os.fdopen(opened.fd, "rb", buffering=0)
         self._remaining = opened.stored_size
+        #: decompressed bytes seen so far (compressed files)
+        self.decoded = 0
         stored = opened.location.encoding
         self._raw_decoder: Decompressor | None = None
         self._decoded_stream = None
         if stored is not None and send_encoding == stored:
             # the stored bytes go out as they are; decoding them here both hashes the
             # content and checks that the stream is well-formed to its last byte
-            self._raw_decoder = Decompressor(stored, self._hasher.update)
+            self._raw_decoder = Decompressor(stored, self._count_and_hash)
         elif stored == "zstd":
             self._decoded_stream = zstandard.ZstdDecompressor().stream_reader(self._file)
         elif stored == "gzip":
             self._decoded_stream = gzip.GzipFile(fileobj=self._file, mode="rb")
         self.finished = False
+        #: the file failed verification; and was moved to quarantine
+        self.damaged = False
+        self.quarantined = False
+
+    def _count_and_hash(self, piece: bytes) -> None:
+        self.decoded += len(piece)
+        self._hasher.update(piece)
 
     @property
     def content_length(self) -> int | None:
@@ -130,12 +157,23 @@ class VerifiedReader:
             return self.opened.stored_size
         return self.opened.length
 
+    def _corrupt(self, message: str) -> CorruptBuffer:
+        """Report damage: quarantine (through the store) and return the error to raise."""
+        self.damaged = True
+        self.close()
+        if self._verified is not None:
+            self._verified.forget(self.checksum)
+        if self._on_corrupt is not None:
+            self.quarantined = bool(self._on_corrupt(self.opened.location, message, self.opened.stamp))
+        return CorruptBuffer(message)
+
     def read_chunk(self, size: int = CHUNK) -> tuple[bytes, bool]:
         """Return (data, at_end). At the end, raise CorruptBuffer if the hash is wrong."""
+        sidecar = self.opened.length if self.opened.location.encoding is not None else None
         try:
             if self._decoded_stream is not None:
                 data = self._decoded_stream.read(size)
-                self._hasher.update(data)
+                self._count_and_hash(data)
                 at_end = not data
             else:
                 data = self._file.read(min(size, self._remaining)) if self._remaining else b""
@@ -148,22 +186,27 @@ class VerifiedReader:
                 if at_end and self._raw_decoder is not None:
                     self._raw_decoder.finish()
         except (OSError, EOFError, zstandard.ZstdError, ValueError, InvalidBody) as exc:
-            self.close()
-            raise CorruptBuffer(f"buffer {self.checksum} is unreadable: {exc}") from None
+            raise self._corrupt(f"buffer {self.checksum} is unreadable: {exc}") from None
+        if sidecar is not None and self.decoded > sidecar:
+            # never more than the sidecar said (a decompressed answer declared that length)
+            raise self._corrupt(
+                f"buffer {self.checksum} decompresses to more than its length sidecar says ({sidecar})"
+            )
         if at_end:
             self.finished = True
             self.close()
             if self.trusted:
                 if self._remaining > 0:
-                    raise CorruptBuffer(f"buffer {self.checksum} is shorter than when it was verified")
+                    raise self._corrupt(f"buffer {self.checksum} is shorter than when it was verified")
                 return data, at_end
+            if sidecar is not None and self.decoded != sidecar:
+                raise self._corrupt(
+                    f"buffer {self.checksum} decompresses to {self.decoded} bytes, "
+                    f"its length sidecar says {sidecar}"
+                )
             digest = self._hasher.hexdigest()
             if digest != self.checksum:
-                if self._verified is not None:
-                    self._verified.forget(self.checksum)
-                raise CorruptBuffer(
-                    f"File corruption: stored buffer {self.checksum} hashes to {digest}"
-                )
+                raise self._corrupt(f"File corruption: stored buffer {self.checksum} hashes to {digest}")
             opened = self.opened
             if (
                 self._verified is not None

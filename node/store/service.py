@@ -21,6 +21,7 @@ import trio
 from ..checksum import parse_checksum
 from ..errors import CorruptBuffer, StoreError
 from .buffers import BufferStore
+from .locks import POLL_INTERVAL
 from .promises import PendingBuffers
 from .reader import CHUNK, VerifiedReader
 
@@ -34,10 +35,16 @@ WRITE_QUEUE = 1
 SMALL_READ = 4 * CHUNK
 
 
+class _Locked:
+    """Another tool holds a lock on the buffer: look again shortly."""
+
+
+LOCKED = _Locked()
+
+
 class PutOutcome(enum.Enum):
     CREATED = "created"  # stored now (HTTP 200)
-    EXISTED = "existed"  # was already present (HTTP 201)
-    IN_PROGRESS = "in-progress"  # the same upload is running (HTTP 202)
+    EXISTED = "existed"  # was already present, or stored meanwhile by another upload (201)
 
 
 @dataclass
@@ -70,12 +77,7 @@ class StreamedBuffer:
                 while True:
                     try:
                         item = await service.run_sync(self._reader.read_chunk)
-                    except CorruptBuffer as exc:
-                        await service.run_sync(
-                            service.store.quarantine,
-                            self._reader.opened.location,
-                            "failed verification while streaming",
-                        )
+                    except CorruptBuffer as exc:  # the reader had the file quarantined
                         await send.send(exc)
                         return
                     await send.send(item)
@@ -145,36 +147,76 @@ class BufferService:
 
     # -- reading ----------------------------------------------------------------------
 
-    def _open_for_get(self, checksum: str, accept: set[str]) -> SmallBuffer | VerifiedReader | None:
-        reader = self.store.open_reader(checksum, accept)
+    def _open_for_get(
+        self, checksum: str, accept: set[str], honour_locks: bool, whole: bool = False
+    ) -> SmallBuffer | VerifiedReader | _Locked | None:
+        """Open (and, if small or *whole*, read and verify) a buffer; LOCKED while another
+        tool's lock is in force and the buffer is missing, does not verify yet, or would
+        be streamed (a streamed answer cannot be taken back). See locks.py."""
+        store = self.store
+        reader = store.open_reader(checksum, accept)
         if reader is None:
-            return None
+            return LOCKED if honour_locks and store.locked(checksum) else None
+        location = reader.opened.location
         size = reader.content_length
-        if size is not None and size <= SMALL_READ:
+        if whole or (size is not None and size <= SMALL_READ):
             try:
                 return SmallBuffer(reader.read_all(), reader.send_encoding)
             except CorruptBuffer:
-                self.store.quarantine(reader.opened.location, "failed verification on read")
+                # a file under a lock, or changed while it was read, was left in place (its
+                # writer may not be done): look again
+                if (
+                    honour_locks
+                    and not reader.quarantined
+                    and (
+                        store.locked(checksum, location)
+                        or store.changed_since(location, reader.opened.stamp)
+                    )
+                ):
+                    return LOCKED
                 raise
+        if honour_locks and store.locked(checksum, location):
+            reader.close()
+            return LOCKED
         return reader
+
+    async def _open_waiting_for_locks(
+        self, checksum: str, accept: set[str], whole: bool = False
+    ) -> SmallBuffer | VerifiedReader | None:
+        deadline = trio.current_time() + self.store.lock_timeout
+        while True:
+            honour = trio.current_time() < deadline
+            result = await self.run_sync(self._open_for_get, checksum, accept, honour, whole)
+            if not isinstance(result, _Locked):
+                return result
+            await trio.sleep(POLL_INTERVAL)
 
     async def get(
         self, checksum: str, accept: set[str] = frozenset(), *, wait_pending: bool = True  # type: ignore[assignment]
     ) -> SmallBuffer | StreamedBuffer | None:
-        """Open a buffer for sending; waits for a promised or in-progress upload first."""
+        """Open a buffer for sending; waits for a promised or in-progress upload first,
+        and for another tool's lock on it (up to the lock timeout)."""
         parse_checksum(checksum)
-        result = await self.run_sync(self._open_for_get, checksum, accept)
-        if result is None and wait_pending and self.pending.is_pending(checksum):
-            await self.pending.wait(checksum)
-            result = await self.run_sync(self._open_for_get, checksum, accept)
+        result = await self._open_waiting_for_locks(checksum, accept)
+        # uploads that keep failing (one after another) hold a waiter no longer than a promise
+        deadline = trio.current_time() + self.pending.promise_ttl
+        while result is None and wait_pending and self.pending.is_pending(checksum):
+            if trio.current_time() >= deadline:
+                break
+            with trio.move_on_at(deadline):
+                await self.pending.wait(checksum)
+            result = await self._open_waiting_for_locks(checksum, accept)
         if isinstance(result, VerifiedReader):
             return StreamedBuffer(self, result)
         return result
 
     async def read(self, checksum: str) -> bytes | None:
-        """The whole decompressed buffer in memory (for small buffers: inputs, records)."""
+        """The whole decompressed buffer in memory (for small buffers: inputs, records);
+        waits for another tool's lock on it as ``get`` does."""
         parse_checksum(checksum)
-        return await self.run_sync(self.store.read, checksum)
+        result = await self._open_waiting_for_locks(checksum, set(), whole=True)
+        assert not isinstance(result, VerifiedReader)
+        return None if result is None else result.data
 
     # -- writing ----------------------------------------------------------------------
 
@@ -194,6 +236,12 @@ class BufferService:
     ) -> PutOutcome:
         """Store a buffer from a stream of chunks, verified against *checksum*.
 
+        Returns only once the buffer is in the store (an acknowledgement means stored).
+        Concurrent uploads of one checksum do not wait for each other: each writes and
+        verifies its own bytes in its own temp file, and the first verified one to be
+        committed wins (CREATED); the others find it there (EXISTED). A slow or lying
+        uploader thus never makes an honest one's bytes be dropped.
+
         Raises ChecksumMismatch, BufferTooLarge, StoreFull, InvalidBody, UploadTimeout...;
         in every such case nothing is stored."""
         parse_checksum(checksum)
@@ -201,16 +249,13 @@ class BufferService:
             from ..errors import StoreReadOnly
 
             raise StoreReadOnly("this node's buffer store is read-only")
-        if self.pending.is_uploading(checksum):
-            return PutOutcome.IN_PROGRESS
         small = expected_size is not None and expected_size < CHUNK
         # A large body is not read at all when the buffer is already here. A small one is
         # written in a single hop that makes the same check (see BufferStore.put).
         if not small and (await self.run_sync(self.store.has_many, [checksum]))[0]:
             self.pending.resolve(checksum)
             return PutOutcome.EXISTED
-        if not self.pending.start_upload(checksum):
-            return PutOutcome.IN_PROGRESS
+        self.pending.start_upload(checksum)
         stored = False
         try:
             created = await self._write(checksum, chunks, encoding, expected_size)

@@ -5,7 +5,8 @@ hash to it and are on stable storage:
 
 1. open a fresh temp file in the store-private ``.tmp`` directory (same filesystem),
    ``O_CREAT|O_EXCL|O_NOFOLLOW``, mode 0600;
-2. write each chunk while hashing it; enforce the size limit as it goes. A compressed body
+2. write each chunk while hashing it; enforce the size limit and the free-space reserve
+   (space.py: each piece is charged before it is written) as it goes. A compressed body
    (Content-Encoding zstd or gzip) is decompressed on the way in: the checksum names the
    decompressed bytes, and those are what the store keeps, so every stored file is
    verifiable by hashing it alone. (Compression is a transfer encoding here.)
@@ -33,6 +34,7 @@ from ..errors import BufferTooLarge, ChecksumMismatch, StoreError, StoreFull
 from .compression import Decompressor
 from .direct_io import ALIGN, DirectSupport, qualifies, write_direct
 from .layout import BufferLocation
+from .space import SpaceGuard
 from .writeback import WRITEBACK_STEP, start_writeback
 
 log = logging.getLogger("seamless_node.store")
@@ -87,8 +89,11 @@ class PendingWrite:
         *,
         expected_size: int | None = None,
         direct: DirectSupport | None = None,
+        space: SpaceGuard | None = None,
     ) -> None:
         self.checksum = checksum
+        #: charged with every piece before it is written (the free-space reserve)
+        self._space = space
         self.encoding = encoding
         self.max_size = max_size
         self.fsync = fsync
@@ -123,19 +128,28 @@ class PendingWrite:
                 f"buffer is larger than the node's maximum buffer size ({self.max_size} bytes)"
             )
         assert self._fd is not None, "write already finished"
+        charge = self._space.charge(len(piece)) if self._space is not None else 0
         if len(piece) >= PARALLEL_MIN:
             while len(self._in_flight) >= 2 * MAX_IN_FLIGHT:
                 self._in_flight.popleft().result()
             self._in_flight.append(self._hashing.submit(self._hasher.update, piece))
-            self._in_flight.append(self._writing.submit(self._write_at, piece, offset))
+            self._in_flight.append(self._writing.submit(self._write_at, piece, offset, charge))
         else:
             self._settle()  # earlier pieces first (there are rarely any)
             self._hasher.update(piece)
-            self._write_at(piece, offset)
+            self._write_at(piece, offset, charge)
 
-    def _write_at(self, piece: bytes | memoryview, offset: int) -> None:
+    def _write_at(self, piece: bytes | memoryview, offset: int, charge: int = 0) -> None:
         """Write *piece* at *offset*: straight to the disk if it qualifies, else through
-        the page cache (starting write-back now and then, see writeback.py)."""
+        the page cache (starting write-back now and then, see writeback.py). *charge*
+        (what the piece was charged against the reserve) ends here."""
+        try:
+            self._write_piece_at(piece, offset)
+        finally:
+            if charge and self._space is not None:
+                self._space.landed(charge)
+
+    def _write_piece_at(self, piece: bytes | memoryview, offset: int) -> None:
         assert self._fd is not None
         try:
             view = memoryview(piece)
@@ -211,7 +225,13 @@ class PendingWrite:
 
     def commit(self, location: BufferLocation) -> None:
         """Make the verified temp file visible at *location* (see the module docstring)."""
-        assert self._fd is not None
+        self.seal()
+        self.place(location)
+
+    def seal(self) -> None:
+        """Flush the verified temp file to disk and make it read-only (step 4, first half)."""
+        if self._fd is None:
+            return  # sealed already
         self._settle()
         self._close_direct()
         fd, self._fd = self._fd, None
@@ -223,6 +243,9 @@ class PendingWrite:
             os.close(fd)
             raise_for_oserror(exc, "flushing a buffer to disk")
         os.close(fd)
+
+    def place(self, location: BufferLocation) -> None:
+        """Rename the sealed temp file to *location* and flush the directory."""
         try:
             created_dir = _ensure_directory(location.directory)
             try:

@@ -442,8 +442,10 @@ async def test_flipped_byte_in_compressed_file(node, http, encoding, accept, siz
         assert error is not None, "a damaged buffer's answer ended normally"
         assert declared is None or len(raw) < declared
     assert not path.exists(), "the damaged file was not quarantined"
-    quarantined = [p.name for p in (node.buffer_dir / ".quarantine").iterdir()]
-    assert [name.rsplit(".", 1)[0] for name in quarantined] == [path.name], quarantined
+    quarantined = sorted(p.name.rsplit(".", 1)[0] for p in (node.buffer_dir / ".quarantine").iterdir())
+    # the length sidecar goes with its file
+    expected = sorted([path.name] + ([cs + ".BUFFERLENGTH"] if sidecar else []))
+    assert quarantined == expected, quarantined
     r = await http.request("GET", node.buffers_url + "/has-now", json=[cs])
     assert r.json() == [False]
     r = await http.get(f"{node.buffers_url}/{cs}", headers=IDENTITY)
@@ -487,7 +489,10 @@ async def test_fsck_lists_damage_and_exits_1_then_0(node, http):
     assert not rotten_path.exists()
     assert "checked 6 buffers" in first.stdout
     quarantine = list((node.buffer_dir / ".quarantine").iterdir())
-    assert sorted(p.name.rsplit(".", 1)[0] for p in quarantine) == sorted(damaged + [rotten_path.name])
+    rotten_cs = rotten_path.name.split(".")[0]
+    assert sorted(p.name.rsplit(".", 1)[0] for p in quarantine) == sorted(
+        damaged + [rotten_path.name, rotten_cs + ".BUFFERLENGTH"]  # the sidecar goes with its file
+    )
 
     second = run_fsck(data_dir_of(node))
     assert second.returncode == 0, second.stdout + second.stderr

@@ -45,7 +45,9 @@ async def test_incorrect_checksum_is_400_and_not_stored(node, http):
     assert r.status_code == 404
 
 
-async def test_concurrent_identical_upload_gets_202(node, http):
+async def test_concurrent_identical_upload_writes_its_own_bytes(node, http):
+    """No 202 for an upload in progress: a second identical upload is stored (200) at
+    once; the first, when it ends, finds it there (201)."""
     cs, data = random_buffer(3 << 20)
     first_chunk_sent = trio.Event()
     release = trio.Event()
@@ -62,23 +64,48 @@ async def test_concurrent_identical_upload_gets_202(node, http):
         r = await http.put(f"{node.buffers_url}/{cs}", content=slow_body())
         results["first"] = r.status_code
 
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first)
+        await first_chunk_sent.wait()
+        r = await http.request("GET", f"{node.buffers_url}/has", json=[cs])
+        assert r.json() == [True]  # an upload in progress counts for /has
+        r = await http.put(f"{node.buffers_url}/{cs}", content=data)
+        assert r.status_code == 200
+        r = await http.get(f"{node.buffers_url}/{cs}", headers=IDENTITY)
+        assert r.status_code == 200 and r.content == data
+        release.set()
+    assert results == {"first": 201}
+
+
+async def test_get_waits_for_an_upload_in_progress(node, http):
+    cs, data = random_buffer(3 << 20)
+    first_chunk_sent = trio.Event()
+    release = trio.Event()
+
+    async def slow_body():
+        yield data[: 1 << 20]
+        first_chunk_sent.set()
+        await release.wait()
+        yield data[1 << 20 :]
+
+    results = {}
+
+    async def upload():
+        r = await http.put(f"{node.buffers_url}/{cs}", content=slow_body())
+        results["put"] = r.status_code
+
     async def reader():
         r = await http.get(f"{node.buffers_url}/{cs}", headers=IDENTITY)
         results["get"] = (r.status_code, r.content == data)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(first)
+        nursery.start_soon(upload)
         await first_chunk_sent.wait()
-        await trio.sleep(0.2)
-        r = await http.put(f"{node.buffers_url}/{cs}", content=data)
-        assert r.status_code == 202
-        r = await http.request("GET", f"{node.buffers_url}/has", json=[cs])
-        assert r.json() == [True]  # an upload in progress counts for /has
         nursery.start_soon(reader)  # waits for the upload instead of answering 404
         await trio.sleep(0.2)
         assert "get" not in results
         release.set()
-    assert results == {"first": 200, "get": (200, True)}
+    assert results == {"put": 200, "get": (200, True)}
 
 
 async def test_has_has_now_and_buffer_length(node, http):
