@@ -27,12 +27,10 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from .logs import setup_logging
+
+    setup_logging(level, fmt)
 
 
 @contextlib.contextmanager
@@ -83,6 +81,10 @@ def main() -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML configuration file.")
 @click.option("--readonly", is_flag=True, default=None, help="Serve the buffer store and the database read-only.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Logging detail.")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]),
+    help="text (default) or json: one JSON object per line, for log collectors.",
+)
 def run(
     roles: str | None,
     host: str | None,
@@ -91,6 +93,7 @@ def run(
     config_file: str | None,
     readonly: bool | None,
     log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Start a node and serve until Ctrl-C or SIGTERM.
 
@@ -99,7 +102,8 @@ def run(
     `seamless-node listening on http://HOST:PORT (roles: ...)` when it is ready.
     """
     flags = {
-        "node": {"host": host, "port": port, "data_dir": data_dir, "roles": roles, "log_level": log_level},
+        "node": {"host": host, "port": port, "data_dir": data_dir, "roles": roles, "log_level": log_level,
+                 "log_format": log_format},
         "buffers": {"readonly": readonly},
         "database": {"readonly": readonly},
     }
@@ -115,7 +119,7 @@ def run(
             f"built roles: {', '.join(BUILT_ROLES)}",
             2,
         )
-    _setup_logging(config.node.log_level)
+    _setup_logging(config.node.log_level, config.node.log_format)
     from .app import serve_node
 
     async def main_task() -> None:

@@ -92,6 +92,10 @@ class NodeSection:
     roles: tuple[str, ...] = DEFAULT_ROLES
     #: debug, info, warning or error
     log_level: str = "info"
+    #: text (one line per event, for people) or json (one JSON object per line, for collectors)
+    log_format: str = "text"
+    #: log one line per answered request at info (method, path, status, bytes, duration, client)
+    access_log: bool = True
     #: on SIGTERM/SIGINT, seconds that requests in flight get to finish before they are cut
     #: (idle connections close at once; a second signal stops at once)
     shutdown_grace: Seconds = Seconds(2.0)
@@ -522,6 +526,8 @@ def validate(config: NodeConfig) -> NodeConfig:
         raise ConfigError(f"buffers.layout must be prefix or flat, got {config.buffers.layout!r}")
     if config.node.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"node.log_level must be debug, info, warning or error, got {config.node.log_level!r}")
+    if config.node.log_format not in ("text", "json"):
+        raise ConfigError(f"node.log_format must be text or json, got {config.node.log_format!r}")
     if config.buffers.threads < 1:
         raise ConfigError("buffers.threads must be at least 1")
     if config.database.threads < 1:
