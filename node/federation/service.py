@@ -244,6 +244,7 @@ class FederationService:
 
     async def probe(self, peer: str) -> PeerStatus:
         status = self.status.setdefault(peer, PeerStatus())
+        before = (status.reachable, status.accepts_us)
         status.last_checked = self.clock()
         try:
             if self.registry.keyset(peer) is None:
@@ -256,7 +257,19 @@ class FederationService:
         else:
             status.reachable, status.accepts_us, status.error = True, True, ""
             status.last_seen = self.clock()
+        if (status.reachable, status.accepts_us) != before:
+            self._log_link(peer, status)
         return status
+
+    def _log_link(self, peer: str, status: PeerStatus) -> None:
+        """One line when a peer's link changes: up, refusing us, or unreachable."""
+        label = self.label(peer)
+        if status.reachable and status.accepts_us:
+            log.info("peer %s: link up", label)
+        elif status.reachable:
+            log.warning("peer %s: link refused: %s", label, status.error)
+        else:
+            log.warning("peer %s: link down: %s", label, status.error)
 
     async def _prober(self) -> None:
         interval = float(self.context.config.federation.probe_interval)
