@@ -121,6 +121,14 @@ def run(
         )
     _setup_logging(config.node.log_level, config.node.log_format)
     from .app import serve_node
+    from .startup import check_port, prepare_data_dir, remove_created
+
+    try:
+        check_port(config.node.host, config.node.port)  # before anything is written
+        created = prepare_data_dir(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
 
     async def main_task() -> None:
         # the first signal shuts down gracefully (node.shutdown_grace), a second at once
@@ -147,10 +155,14 @@ def run(
     try:
         trio.run(main_task)
     except BaseException as exc:
+        if not isinstance(exc, KeyboardInterrupt):
+            remove_created(created)  # a failed start leaves no fresh data directory behind
         leaf = _first_leaf(exc)
         if isinstance(leaf, NodeError):
             _fail(str(leaf), 2 if isinstance(leaf, ConfigError) else 1)
         if isinstance(leaf, OSError):
+            if leaf.filename:  # a file or directory, not the address
+                _fail(f"cannot use {leaf.filename}: {leaf.strerror or leaf}")
             _fail(f"cannot start on {config.node.host}:{config.node.port}: {leaf.strerror or leaf}")
         raise
     log.info("stopped")

@@ -65,9 +65,10 @@ def test_bad_environment_exits_2(tmp_path):
 def test_port_in_use_is_a_clear_error(node_process, tmp_path):
     proc = node_process("--roles", "buffers")
     port = proc.url.rsplit(":", 1)[1]
-    r = cli("run", "--roles", "buffers", "--port", port, "--data-dir", str(tmp_path / "other"))
+    r = cli("run", "--roles", "buffers", "--port", port, "--data-dir", str(tmp_path / "other" / "data"))
     assert r.returncode == 1
-    assert b"cannot start" in r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use".encode() in r.stderr
+    assert not (tmp_path / "other").exists()  # no fresh data directory left behind
 
 
 def test_sigterm_exits_cleanly_within_5_seconds(node_process):
