@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import click
 import trio
@@ -41,6 +41,29 @@ def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
         return
     with click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True) as bar:
         yield bar.update
+
+
+@contextlib.contextmanager
+def _download_progress(label: str) -> Iterator[tuple[Callable[[int | None], None], Callable[[int], None]]]:
+    """(start, update) for a download whose size is known once the answer comes: a
+    progress bar on stderr when it is a terminal and the size is announced."""
+    bar: Any = None
+
+    def start(total: int | None) -> None:
+        nonlocal bar
+        if bar is None and total and sys.stderr.isatty():
+            bar = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True)
+            bar.__enter__()
+
+    def update(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+
+    try:
+        yield start, update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
 
 
 url_option = with_ca_file(click.option(
@@ -197,13 +220,19 @@ def put(files: tuple[str, ...], url: str) -> None:
 @main.command()
 @click.argument("checksums", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (one checksum only).")
-@click.option("-d", "--directory", type=click.Path(file_okay=False), help="Write each buffer to DIRECTORY/CHECKSUM.")
+@click.option(
+    "-d", "--directory", type=click.Path(file_okay=False), help="Write each buffer to DIRECTORY/CHECKSUM."
+)
+@click.option("-f", "--force", is_flag=True, help="Overwrite files that exist already.")
 @url_option
 @token_option
-def get(checksums: tuple[str, ...], output: str | None, directory: str | None, url: str) -> None:
+def get(checksums: tuple[str, ...], output: str | None, directory: str | None, force: bool, url: str) -> None:
     """Download buffers by checksum, verified before they are written.
 
-    With one checksum and no option, the buffer goes to standard output.
+    With one checksum and no option, the buffer goes to standard output. Files are
+    created with the umask's permissions; an existing file is left alone unless --force.
+    A progress bar shows on a terminal. --url is the node's base URL (a URL ending in
+    /buffers is taken as the buffer server's, and works too).
     """
     from .checksum import parse_checksum
     from .cli_token import auth_headers
@@ -221,7 +250,10 @@ def get(checksums: tuple[str, ...], output: str | None, directory: str | None, u
     with NodeClient(url, headers=auth_headers()) as client:
         try:
             if directory:
-                os.makedirs(directory, exist_ok=True)
+                try:
+                    os.makedirs(directory, exist_ok=True)
+                except OSError as exc:
+                    _fail(f"cannot create {directory}: {exc.strerror or exc}")
             for cs in checksums:
                 target = output or (os.path.join(directory, cs) if directory else None)
                 if target is None:
@@ -232,15 +264,16 @@ def get(checksums: tuple[str, ...], output: str | None, directory: str | None, u
 
                         with tempfile.TemporaryDirectory() as tmp:
                             path = os.path.join(tmp, cs)
-                            client.download(cs, path)
+                            with _download_progress(f"downloading {cs[:12]}") as (start, update):
+                                client.download(cs, path, update, length=start)
                             with open(path, "rb") as f:
                                 while chunk := f.read(1 << 20):
                                     sys.stdout.buffer.write(chunk)
                     else:
                         sys.stdout.buffer.write(data)
                     continue
-                with _progress(f"downloading {cs[:12]}", 0) as progress:
-                    client.download(cs, target, progress)
+                with _download_progress(f"downloading {cs[:12]}") as (start, update):
+                    client.download(cs, target, update, overwrite=force, length=start)
         except NodeError as exc:
             _fail(str(exc))
 
