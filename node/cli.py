@@ -15,7 +15,7 @@ import trio
 from . import __version__
 from .cli_token import redact, token_option
 from .client import with_ca_file
-from .config import BUILT_ROLES, VALID_ROLES, build_config
+from .config import BUILT_ROLES, VALID_ROLES, Size, build_config, format_size
 from .errors import ConfigError, NodeError
 
 DEFAULT_URL = "http://127.0.0.1:5533"
@@ -366,6 +366,8 @@ def show_config(config_file: str | None) -> None:
         return
 
     def plain(value: object) -> object:
+        if isinstance(value, Size):
+            return format_size(value)
         if isinstance(value, tuple):
             return [plain(v) for v in value]
         if isinstance(value, dict):
@@ -388,7 +390,8 @@ main.add_command(submit)
 main.add_command(status)
 main.add_command(cancel)
 main.add_command(jobs)
-from .cli_federation import key, keygen, link, peers  # noqa: E402  (federation, node/cli_federation.py)
+from .cli_federation import key, keygen, link  # noqa: E402  (federation, node/cli_federation.py)
+from .cli_peers import peers  # noqa: E402
 from .cli_token import token  # noqa: E402  (bearer tokens, node/cli_token.py)
 
 main.add_command(token)

@@ -64,6 +64,18 @@ def parse_size(value: object) -> Size:
     raise ValueError(f"expected a size such as 1048576, 64MiB or 2GB, got {value!r}")
 
 
+def format_size(value: int) -> str | int:
+    """*value* as a readable size that ``parse_size`` reads back exactly: ``64GiB``,
+    ``16KiB``, ``2GB``; a byte count with no exact unit stays a number."""
+    if value <= 0:
+        return int(value)
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024),
+                         ("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
+        if value % factor == 0:
+            return f"{value // factor}{unit}"
+    return int(value)
+
+
 def parse_seconds(value: object) -> Seconds:
     if isinstance(value, bool):
         raise ValueError("expected a duration, got a boolean")

@@ -317,6 +317,7 @@ class FederationService:
                         self.metrics.value("seamless_node_federation_jobs_received_total", peer=entry.label)
                     ),
                     "revocations": self.revocations.report(peer),
+                    "job_load": (self.peer_loads.get(peer) or (0.0, None))[1],
                     **self.registry.grants_summary(peer, now),
                 }
             )

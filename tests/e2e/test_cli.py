@@ -142,3 +142,34 @@ def test_fsck_cli(node_process, tmp_path):
     assert r.returncode == 0
     r = cli("fsck", "--data-dir", str(tmp_path / "nowhere"))
     assert r.returncode == 2
+
+
+def test_config_prints_sizes_readably_and_reads_back(tmp_path):
+    r = cli("config")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.decode()
+    assert "max_buffer_size: 64GiB" in text and "reserve_free_bytes: 64MiB" in text
+    assert "upload_min_rate: 16KiB" in text
+    saved = tmp_path / "node.yaml"
+    saved.write_text(text)
+    again = cli("config", "--config", str(saved))
+    assert again.returncode == 0 and again.stdout.decode() == text
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("buffers:\n  max_buffer_size: 1000001\n  reserve_free_bytes: 3GB\n")
+    text = cli("config", "--config", str(odd)).stdout.decode()
+    assert "max_buffer_size: 1000001\n" in text and "reserve_free_bytes: 3GB\n" in text
+
+
+def test_make_run_installs_only_what_running_needs(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    venv = str(tmp_path / "venv")  # a fresh one: make shows everything it would do
+
+    def plan(target):
+        r = subprocess.run(["make", "-n", "-C", root, target, f"VENV={venv}"], capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.decode()
+
+    run = plan("run")
+    assert "pip install" in run and "[test]" not in run
+    assert "seamless-node run" in run
+    assert "pip install --quiet --disable-pip-version-check -e '.[test]'" in plan("test")
