@@ -73,5 +73,9 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # no record field uses them: skip collecting thread and process names for every record
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # hypercorn logs every connection error at its own level; the node's front logs requests
     logging.getLogger("hypercorn.access").disabled = True

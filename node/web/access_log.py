@@ -159,14 +159,16 @@ class RequestLog:
         method = printable(entry.method, 32)
         target = logged_target(entry.raw_path, entry.query)
         length = "-" if entry.length is None else str(entry.length)
-        log.info(
-            '%s "%s %s %s" %d %s %.4fs',
-            client, method, target, version, status, length, seconds,
-            extra={"fields": {
-                "event": "request", "client": client, "method": method, "path": target,
-                "status": status, "bytes": entry.length, "duration": round(seconds, 6),
-            }},
+        # one record per request: made directly (no caller lookup, message formatted once)
+        record = log.makeRecord(
+            log.name, logging.INFO, __file__, 0,
+            f'{client} "{method} {target} {version}" {status} {length} {seconds:.4f}s', None, None,
         )
+        record.fields = {
+            "event": "request", "client": client, "method": method, "path": target,
+            "status": status, "bytes": entry.length, "duration": round(seconds, 6),
+        }
+        log.handle(record)
 
 
 def _client(address: Any) -> str:

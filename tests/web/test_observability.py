@@ -175,13 +175,19 @@ async def test_metrics_are_typed_and_move(start_node, http, caplog):
     tfs = Transformations()
     good = tfs.python("lambda a: a * 2", a=21)
     bad = tfs.bash("echo 'first line\nINFO forged' >&2; exit 3")
+    slow = tfs.bash("sleep 60")
     await tfs.upload(http, node.url)
     for tf, state in ((good, "done"), (bad, "failed")):
         r = await http.post(f"{node.url}/api/v1/jobs", params={"wait": 60}, json={"transformation": tf})
         assert r.json()["job"]["state"] == state, r.text
+    r = await http.post(f"{node.url}/api/v1/jobs", json={"transformation": slow})
+    job = r.json()["job"]["checksum"]
+    r = await http.delete(f"{node.url}/api/v1/jobs/{job}", params={"hard": 1})
+    assert r.json()["job"]["state"] == "cancelled"
     after = (await http.get(f"{node.url}/metrics")).text
     assert value(after, "seamless_node_jobs_done_total") == 1
     assert value(after, "seamless_node_jobs_failed_total") == 1
+    assert value(after, "seamless_node_jobs_cancelled_total") == 1
     assert value(after, "seamless_node_store_files") > files0 + len(tfs.buffers) - 1
     assert value(after, "seamless_node_store_bytes") > bytes0
     assert value(after, "seamless_node_store_free_bytes") > 0
@@ -189,7 +195,9 @@ async def test_metrics_are_typed_and_move(start_node, http, caplog):
         s for f in parser.text_string_to_metric_families(after) for s in f.samples
         if s.name == "seamless_node_job_duration_seconds_count"
     ]
-    assert {(s.labels["executor"], s.labels["state"]) for s in job_counts} == {("local", "done"), ("local", "failed")}
+    assert {(s.labels["executor"], s.labels["state"]) for s in job_counts} == {
+        ("local", "done"), ("local", "failed"), ("local", "cancelled")
+    }
     api = [
         s for f in parser.text_string_to_metric_families(after) for s in f.samples
         if s.name == "seamless_node_http_request_duration_seconds_count" and s.labels["area"] == "api"
@@ -197,7 +205,10 @@ async def test_metrics_are_typed_and_move(start_node, http, caplog):
     assert api and api[0].value >= 2
     # one line per job transition, the failure with its reason, on one line
     jobs = [TextFormatter().format(r) for r in caplog.records if r.name == "seamless_node.jobs"]
-    for words in ("submitted (python", "started on the local backend", "done in", "failed after"):
+    for words in (
+        "submitted (python", "started on the local backend", "done in", "failed after",
+        "cancelled after", "cancelled (hard)",
+    ):
         assert any(words in line for line in jobs), (words, jobs)
     failed = next(line for line in jobs if "failed after" in line)
     assert "first line\\x0aINFO forged" in failed and "\n" not in failed
