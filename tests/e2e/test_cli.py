@@ -165,7 +165,8 @@ def test_make_run_installs_only_what_running_needs(tmp_path):
     venv = str(tmp_path / "venv")  # a fresh one: make shows everything it would do
 
     def plan(target):
-        r = subprocess.run(["make", "-n", "-C", root, target, f"VENV={venv}"], capture_output=True, timeout=60)
+        command = ["make", "-n", "-C", root, target, f"VENV={venv}"]
+        r = subprocess.run(command, capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr
         return r.stdout.decode()
 

@@ -27,7 +27,8 @@ def test_units_start_this_node_with_its_options():
         args = command.split()
         assert args[:2] == [INSTALLED, "run"]
         # the options exist: --help with them parses and exits 0
-        r = subprocess.run([sys.executable, "-m", "node", *args[1:], "--help"], capture_output=True, timeout=60)
+        command = [sys.executable, "-m", "node", *args[1:], "--help"]
+        r = subprocess.run(command, capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr
 
 

@@ -36,7 +36,8 @@ def test_unwritable_data_dir_is_not_blamed_on_the_address(tmp_path):
     os.chown(parent, 65534, 65534)
     parent.chmod(0o555)
     # root without the capability to override file permissions: as any other user
-    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
+    caps = "-dac_override,-dac_read_search"
+    drop = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]
     for data, why in ((parent / "data", "cannot create it"), (parent, "cannot write in it")):
         r = subprocess.run(
             [*drop, sys.executable, "-m", "node", "run", "--port", "0", "--data-dir", str(data)],
@@ -56,7 +57,8 @@ def test_read_only_data_dir(tmp_path):
     try:
         r = cli("run", "--port", "0", "--data-dir", str(mount))
         assert r.returncode == 1
-        assert one_line_error(r) == f"seamless-node: data directory {mount}: cannot write in it: Read-only file system"
+        why = "cannot write in it: Read-only file system"
+        assert one_line_error(r) == f"seamless-node: data directory {mount}: {why}"
         # both stores read-only: a read-only directory is fine, but it holds no store
         r = cli("run", "--port", "0", "--data-dir", str(mount), "--readonly", timeout=30)
         assert one_line_error(r) == f"seamless-node: buffer directory '{mount}/buffers' does not exist"
@@ -66,7 +68,8 @@ def test_read_only_data_dir(tmp_path):
 
 def test_failed_start_leaves_no_fresh_data_dir(tmp_path):
     config = tmp_path / "node.yaml"
-    config.write_text(f"node:\n  tls_cert_file: {tmp_path / 'missing.pem'}\n  tls_key_file: {tmp_path / 'k.pem'}\n")
+    missing = tmp_path / "missing.pem"
+    config.write_text(f"node:\n  tls_cert_file: {missing}\n  tls_key_file: {tmp_path / 'k.pem'}\n")
     data = tmp_path / "fresh" / "data"
     r = cli("run", "--port", "0", "--data-dir", str(data), "--config", str(config))
     assert r.returncode != 0

@@ -145,7 +145,8 @@ async def test_peers_asks_the_running_node(
     text = await peers_command(empty, "--url", a.url, offline=False)
     assert text.startswith(f"node {a.node_id}\n") and "reachable    yes   accepts us: yes" in text
     # no node there: it says so, then reads the data directory
-    proc = await peers_process("--data-dir", str(a.data_dir), "--url", "http://127.0.0.1:9", "--no-probe", "--json")
+    nowhere = "http://127.0.0.1:9"
+    proc = await peers_process("--data-dir", str(a.data_dir), "--url", nowhere, "--no-probe", "--json")
     assert proc.returncode == 0, proc.stderr
     assert f"no node answers at http://127.0.0.1:9; reading {a.data_dir} instead" in proc.stderr.decode()
     assert json.loads(proc.stdout)["node_id"] == a.node_id
