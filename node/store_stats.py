@@ -6,8 +6,9 @@ it, which for millions of files takes seconds: ``StoreStats.refresh`` (awaited b
 last count is stale, that is when it is older than ``max_age`` (a minute), or when
 buffers were stored since and the last listing is older than ten times what it took. A
 small store is therefore counted afresh at every scrape after a write, and a large one
-costs at most a tenth of one thread's time. Scrapes that arrive during a listing get the
-previous count.
+costs at most a tenth of one thread's time. A scrape waits for the listing it started
+for at most ``wait`` seconds (one); if the listing takes longer, it goes on in the
+background and this scrape, like those that arrive meanwhile, gets the previous count.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class StoreStats:
         self._counted_at: float | None = None
         self._took = 0.0
         self._writes_seen: float | None = None
-        self._lock = trio.Lock()
+        #: set when the listing in progress ends (None: no listing in progress)
+        self._counting: trio.Event | None = None
         metrics.gauge("seamless_node_store_bytes", lambda: self.bytes, "bytes in the buffer store's files")
         metrics.gauge("seamless_node_store_files", lambda: self.files, "files in the buffer store")
         metrics.gauge("seamless_node_store_free_bytes", self.free_bytes, "free disk space for the store")
@@ -55,22 +57,30 @@ class StoreStats:
             return True
         return self.writes() != self._writes_seen and age >= 10 * self._took
 
-    async def refresh(self) -> None:
-        """Count the store again if the last count is stale (see the module's docstring)."""
-        if self._lock.locked() or not self.stale(time.monotonic()):
-            return
-        async with self._lock:
-            writes = self.writes()
-            started = time.monotonic()
-            try:
-                files, size = await trio.to_thread.run_sync(self._count, abandon_on_cancel=True)
-            except OSError as exc:
-                log.warning("cannot count the buffer store: %s", exc)
-                return
-            finally:
-                self._took = time.monotonic() - started
-                self._counted_at = time.monotonic()
+    async def refresh(self, wait: float = 1.0) -> None:
+        """Count the store again if the last count is stale (see the module's docstring);
+        return when the count is done or after *wait* seconds."""
+        if self._counting is None and self.stale(time.monotonic()):
+            self._counting = trio.Event()
+            # a task of its own: the listing outlives a scrape that stops waiting for it
+            trio.lowlevel.spawn_system_task(self._recount, self._counting)
+        if self._counting is not None:
+            with trio.move_on_after(wait):
+                await self._counting.wait()
+
+    async def _recount(self, done: trio.Event) -> None:
+        writes = self.writes()
+        started = time.monotonic()
+        try:
+            files, size = await trio.to_thread.run_sync(self._count, abandon_on_cancel=True)
             self.files, self.bytes, self._writes_seen = files, size, writes
+        except Exception as exc:  # a scrape must never fail, nor the node
+            log.warning("cannot count the buffer store: %s", exc)
+        finally:
+            self._took = time.monotonic() - started
+            self._counted_at = time.monotonic()
+            self._counting = None
+            done.set()
 
     def _count(self) -> tuple[int, int]:
         files = size = 0

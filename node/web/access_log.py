@@ -162,7 +162,7 @@ class RequestLog:
         # one record per request: made directly (no caller lookup, message formatted once)
         record = log.makeRecord(
             log.name, logging.INFO, __file__, 0,
-            f'{client} "{method} {target} {version}" {status} {length} {seconds:.4f}s', None, None,
+            f'{client} "{method} {target} {version}" {status} {length} {seconds:.4f}s', (), None,
         )
         record.fields = {
             "event": "request", "client": client, "method": method, "path": target,

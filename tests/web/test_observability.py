@@ -216,3 +216,41 @@ async def test_metrics_are_typed_and_move(start_node, http, caplog):
         assert any(words in line for line in jobs), (words, jobs)
     failed = next(line for line in jobs if "failed after" in line)
     assert "first line\\x0aINFO forged" in failed and "\n" not in failed
+
+
+async def test_store_count_never_holds_a_scrape_long(tmp_path, monkeypatch):
+    """A listing that takes long goes on in the background; scrapes get the last count."""
+    import threading
+
+    from node.metrics import Metrics
+    from node.store.buffers import BufferStore
+    from node.store_stats import StoreStats
+
+    store = BufferStore(str(tmp_path / "buffers"))
+    store.open()
+    cs, data = random_buffer(100)
+    store.put(cs, data)
+    writes = [0.0]
+    stats = StoreStats(store, Metrics(), writes=lambda: writes[0])
+    await stats.refresh()
+    assert (stats.files, stats.bytes) == (1, 100)
+    release = threading.Event()
+    listing = store.iter_files
+
+    def slow_listing():  # a store of millions of files
+        release.wait(30)
+        return listing()
+
+    monkeypatch.setattr(store, "iter_files", slow_listing)
+    cs2, data2 = random_buffer(50)
+    store.put(cs2, data2)
+    writes[0] += 1  # a buffer was stored: the count is stale
+    with trio.fail_after(5):
+        await stats.refresh(wait=0.05)  # gives up waiting
+        await stats.refresh(wait=0.05)  # the listing is still in progress: not started again
+    assert (stats.files, stats.bytes) == (1, 100)
+    release.set()
+    with trio.fail_after(10):
+        while stats.files != 2:
+            await stats.refresh(wait=0.05)
+    assert stats.bytes == 150
