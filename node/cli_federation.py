@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from .atomic_file import write_atomic
 from .config import NodeConfig, build_config
 from .errors import ConfigError, NodeError
 
@@ -140,11 +141,8 @@ def _next_serial(config: NodeConfig) -> int:
         serial = 1
     except (OSError, ValueError) as exc:
         _fail(f"cannot read the link serial counter {path}: {exc}")
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{serial}\n")
-    os.replace(tmp, path)
+    # durable before the serial is used: a crash must never let a serial be issued twice
+    write_atomic(path, f"{serial}\n".encode())
     return serial
 
 
@@ -313,11 +311,7 @@ def link_revoke(
     new_links |= {(s.link.issuer, s.link.serial) for s in _read_links(link_files)}
     updated = Revocations(current.links | new_links, current.keys | new_keys)
     path = config.revocations_file
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(updated.to_yaml())
-    os.replace(tmp, path)
+    write_atomic(path, updated.to_yaml().encode(), mode=0o644)
     click.echo(f"{len(updated.links)} link(s) and {len(updated.keys)} key(s) revoked in {path}")
 
 

@@ -279,7 +279,8 @@ class FederationSection:
     #: the node's private key; default: <data_dir>/node.key
     key_file: str | None = None
     #: CA certificates (PEM) that peers' https:// certificates must chain to, instead of
-    #: the system's trust store (for a private CA)
+    #: the system's trust store (for a private CA); also verifies jobless.buffer_url and
+    #: jobless.database_url
     ca_file: str | None = None
     #: peers listed in their own file, re-read when it changes; default: <data_dir>/peers.yaml
     peers_file: str | None = None

@@ -5,6 +5,8 @@
     NodeError                      anything the node reports on purpose
     ├── ConfigError                bad configuration: file, environment or flag (exit 2)
     ├── InvalidChecksum            a string that is not 64 lowercase hex characters (HTTP 400)
+    ├── UpstreamUnavailable        a configured service (jobless.buffer_url, ...) cannot be
+    │                              reached or refused the request (502)
     └── StoreError                 the buffer store refused or failed an operation
         ├── ChecksumMismatch       the bytes do not hash to the name they came with (400)
         ├── BufferTooLarge         over the configured maximum buffer size (413)
@@ -37,6 +39,13 @@ class InvalidChecksum(NodeError, ValueError):
     """A string that should be a checksum is not one."""
 
     http_status = 400
+
+
+class UpstreamUnavailable(NodeError):
+    """A service this node was configured to use could not be reached (connection, TLS
+    verification, timeout) or answered an error."""
+
+    http_status = 502
 
 
 class StoreError(NodeError):

@@ -68,8 +68,11 @@ class ResultLookup:
         clock: Callable[[], int],
         timeout: float,
         max_skew: int = 60,
+        batch: int = 1000,
     ) -> None:
         self.watcher = watcher
+        #: checksums per lookup request to a peer (its own limit is database.max_batch_count)
+        self.batch = batch
         self.claims = claims
         self.client = client
         self.mappings = mappings
@@ -101,60 +104,90 @@ class ResultLookup:
             return [None] * len(transformations)
         return list(await mappings.read_many([Query("transformation", tf) for tf in transformations]))
 
-    async def stored(self, transformation: str) -> ResultAnswer | None:
-        for claim in await trio.to_thread.run_sync(self.claims.get, transformation):
-            if self.trusted(claim.signer) and self.check(claim) is ClaimStatus.VALID:
-                return ResultAnswer(transformation, claim.result, "claim", claim.signer)
-        return None
+    async def stored(self, transformations: list[str]) -> list[ResultAnswer | None]:
+        """Stored claims by a signer trusted for results, in one thread hop."""
+
+        def read() -> list[list[Claim]]:
+            return [self.claims.get(tf) for tf in transformations]
+
+        found: list[ResultAnswer | None] = []
+        for transformation, claims in zip(transformations, await trio.to_thread.run_sync(read), strict=True):
+            valid = (c for c in claims if self.trusted(c.signer) and self.check(c) is ClaimStatus.VALID)
+            claim = next(valid, None)
+            if claim is None:
+                found.append(None)
+            else:
+                found.append(ResultAnswer(transformation, claim.result, "claim", claim.signer))
+        return found
 
     async def lookup(self, transformation: str, *, include_local: bool = True) -> ResultAnswer | None:
+        (answer,) = await self.lookup_many([transformation], include_local=include_local)
+        return answer
+
+    async def lookup_many(
+        self, transformations: list[str], *, include_local: bool = True
+    ) -> list[ResultAnswer | None]:
+        """The answers for many transformations: each peer is asked once, for all of those
+        not known here (in batches of at most ``batch`` checksums)."""
+        answers: list[ResultAnswer | None] = [None] * len(transformations)
         if include_local:
-            (result,) = await self.local([transformation])
-            if result is not None:
-                return ResultAnswer(transformation, result, "local")
-        found = await self.stored(transformation)
-        if found is not None:
-            return found
+            for i, result in enumerate(await self.local(transformations)):
+                if result is not None:
+                    answers[i] = ResultAnswer(transformations[i], result, "local")
+        missing = [i for i, a in enumerate(answers) if a is None]
+        for i, found in zip(missing, await self.stored([transformations[i] for i in missing]), strict=True):
+            answers[i] = found
+        missing = [i for i, a in enumerate(answers) if a is None]
+        if not missing:
+            return answers
         # only peers trusted here for results: another peer's claim is never a result
         granting = self.watcher.registry.granting_us("results:read", self.clock())
         peers = [p for p in granting if self.trusted(p)]
-        answers: dict[str, Claim] = {}
+        asked = [transformations[i] for i in missing]
+        got: dict[str, dict[str, Claim]] = {}  # transformation -> peer -> claim
 
-        async def ask(peer: str) -> None:
+        async def ask(peer: str, batch: list[str]) -> None:
             label = self.watcher.registry.peers[peer].label
             with trio.move_on_after(self.timeout):
                 try:
-                    (doc,) = await self.client.lookup_results(peer, [transformation])
+                    docs = await self.client.lookup_results(peer, batch)
                 except Exception as exc:
                     log.info("result lookup at %s failed: %s", label, exc)
                     self.metrics.inc("seamless_node_federation_claims_total", peer=label, outcome="error")
                     return
-                if doc is None:
-                    return
-                try:
-                    claim = parse_claim(doc)
-                except ValueError:
-                    status = "malformed"
-                else:
-                    status = self.check(
-                        claim, expected_signer=peer, expected_transformation=transformation
-                    ).value
-                self.metrics.inc("seamless_node_federation_claims_total", peer=label, outcome=status)
-                if status == ClaimStatus.VALID.value:
-                    answers[peer] = claim
-                else:
-                    log.warning("claim from %s refused: %s", label, status)
+                for transformation, doc in zip(batch, docs, strict=True):
+                    if doc is None:
+                        continue
+                    try:
+                        claim = parse_claim(doc)
+                    except ValueError:
+                        status = "malformed"
+                    else:
+                        status = self.check(
+                            claim, expected_signer=peer, expected_transformation=transformation
+                        ).value
+                    self.metrics.inc("seamless_node_federation_claims_total", peer=label, outcome=status)
+                    if status == ClaimStatus.VALID.value:
+                        got.setdefault(transformation, {})[peer] = claim
+                    else:
+                        log.warning("claim from %s refused: %s", label, status)
 
         async with trio.open_nursery() as nursery:
             for peer in peers:
-                nursery.start_soon(ask, peer)
+                for start in range(0, len(asked), self.batch):
+                    nursery.start_soon(ask, peer, asked[start : start + self.batch])
         # trust is checked again: a link may have lapsed while the peers answered
-        trusted = [answers[p] for p in peers if p in answers and self.trusted(p)]  # stable order
-        if not trusted:
-            return None
-        await trio.to_thread.run_sync(self.claims.put, trusted)
-        claim = trusted[0]
-        return ResultAnswer(transformation, claim.result, "peer", claim.signer)
+        to_store: list[Claim] = []
+        for i in missing:
+            claims = got.get(transformations[i], {})
+            trusted = [claims[p] for p in peers if p in claims and self.trusted(p)]  # stable order
+            if trusted:
+                to_store.extend(trusted)
+                claim = trusted[0]
+                answers[i] = ResultAnswer(transformations[i], claim.result, "peer", claim.signer)
+        if to_store:
+            await trio.to_thread.run_sync(self.claims.put, to_store)
+        return answers
 
     async def answer(self, transformations: list[str]) -> list[dict[str, Any] | None]:
         """Signed claims for the results in our own database (for /federation/results/lookup)."""

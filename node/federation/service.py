@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
+from ..atomic_file import write_atomic
 from ..tls import client_context
 from .canonical import now as wall_clock
 from .claims import ClaimStore
@@ -191,10 +192,17 @@ class FederationService:
     # -- results ---------------------------------------------------------------------
 
     async def lookup_result(self, transformation: str, *, include_local: bool = True) -> ResultAnswer | None:
+        (answer,) = await self.lookup_results([transformation], include_local=include_local)
+        return answer
+
+    async def lookup_results(
+        self, transformations: list[str], *, include_local: bool = True
+    ) -> list[ResultAnswer | None]:
+        """Many lookups at once: each peer is asked once for all of them."""
         await self.watcher.refresh()
         if not self.context.config.federation.lookup_results:
-            return None
-        return await self.results.lookup(transformation, include_local=include_local)
+            return [None] * len(transformations)
+        return await self.results.lookup_many(transformations, include_local=include_local)
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -339,12 +347,7 @@ class FederationService:
             status = self.status.setdefault(peer, PeerStatus())
             status.last_seen = max(status.last_seen or 0, seen_at)
         doc = {"node_id": self.node_id, "peers": {p: asdict(s) for p, s in self.status.items()}}
-        directory = os.path.dirname(self.state_path)
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            tmp = self.state_path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=2)
-            os.replace(tmp, self.state_path)
+            write_atomic(self.state_path, json.dumps(doc, indent=2).encode())
         except OSError as exc:
             log.warning("cannot save peer state to %s: %s", self.state_path, exc)

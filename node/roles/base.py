@@ -61,6 +61,12 @@ class NodeContext:
             return None
         return await self.federation.lookup_result(transformation, include_local=False)
 
+    async def lookup_results(self, transformations: list[str]) -> "list[ResultAnswer | None]":
+        """``lookup_result`` for many transformations, each peer asked once for all."""
+        if self.federation is None or not transformations:
+            return [None] * len(transformations)
+        return await self.federation.lookup_results(transformations, include_local=False)
+
 
 class Role(abc.ABC):
     name: ClassVar[str]

@@ -112,19 +112,18 @@ class DatabaseRole(Role):
 
     async def read_queries(self, queries: list[Query]) -> list[Any]:
         """Reads in one database call, then the transformations unknown here looked up
-        as claims (see ``read_query``), concurrently."""
+        as claims (see ``read_query``) in one batch: each peer is asked once."""
         values = list(await self.service.read_many(queries))
-
-        async def claim(index: int, transformation: str) -> None:
-            answer = await self.context.lookup_result(transformation)
-            if answer is not None:
-                values[index] = answer.result
-
-        if self.context.federation is not None:
-            async with trio.open_nursery() as nursery:
-                for index, (query, value) in enumerate(zip(queries, values, strict=True)):
-                    if value is None and query.type == "transformation" and query.checksum:
-                        nursery.start_soon(claim, index, query.checksum)
+        unknown = [
+            i
+            for i, (query, value) in enumerate(zip(queries, values, strict=True))
+            if value is None and query.type == "transformation" and query.checksum
+        ]
+        if unknown:
+            answers = await self.context.lookup_results([str(queries[i].checksum) for i in unknown])
+            for i, answer in zip(unknown, answers, strict=True):
+                if answer is not None:
+                    values[i] = answer.result
         return values
 
     async def _request_body(self, request: FastRequest) -> object:

@@ -4,6 +4,7 @@ claims or replays requests: each is refused with nothing stored, and the honest 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections import Counter
@@ -224,3 +225,33 @@ def task_names() -> list[str]:
 
     walk(trio.lowlevel.current_root_task())
     return out
+
+
+async def test_a_batch_read_asks_each_peer_once_and_judges_each_claim_alone(
+    cluster: Cluster, http: httpx.AsyncClient
+):
+    a, b, m, fake = await setup(cluster)
+    cluster.grant(a, m, "results:write")  # A trusts M for results
+    await cluster.configure()
+    now = int(time.time())
+
+    def checksum(*parts: object) -> str:
+        return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+    tfs = [checksum("tf", i) for i in range(40)]
+    honest = {tfs[i]: checksum("result", i) for i in range(0, 40, 4)}
+    for tf, result in honest.items():
+        fake.claims[tf] = fake.claim(tf, result, now).to_document()
+    fake.claims[tfs[1]] = fake.claim(tfs[2], checksum("result", 1), now).to_document()  # about another tf
+    fake.received.clear()
+    reads = [{"type": "transformation", "checksum": tf} for tf in tfs]
+    r = await http.post(a.url + "/api/v1/database/read-many", json={"requests": reads})
+    assert r.status_code == 200, r.text
+    assert r.json()["values"] == [honest.get(tf) for tf in tfs]
+    lookups = [rq for rq in fake.received if rq.target == "/federation/results/lookup"]
+    assert len(lookups) == 1 and sorted(json.loads(lookups[0].body)) == sorted(tfs)
+    # the stored claims answer a second time without asking
+    fake.received.clear()
+    r = await http.post(a.url + "/api/v1/database/read-many", json={"requests": reads[:8:4]})
+    assert r.json()["values"] == [honest[tfs[0]], honest[tfs[4]]]
+    assert not [rq for rq in fake.received if rq.target == "/federation/results/lookup"]

@@ -22,8 +22,9 @@ import trio
 
 from ...celltypes import CelltypeError, deserialize
 from ...checksum import is_checksum
-from ...errors import NodeError
+from ...errors import NodeError, UpstreamUnavailable
 from ...store.mapping_requests import parse_query, parse_update
+from ...tls import client_context
 from ...transformation import Transformation
 from ..base import NodeContext
 from .sandbox.plan import network_allowed
@@ -49,12 +50,27 @@ class Gateway:
     @property
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10))
+            # https:// services are verified like peers: against federation.ca_file if set
+            tls = client_context(self.context.config.federation.ca_file)
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10), verify=tls)
         return self._http
 
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
+
+    async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request to a configured service; a failure to reach it (refused, TLS
+        verification, timeout) is an UpstreamUnavailable naming the service."""
+        try:
+            return await self.http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            reason = str(exc) or type(exc).__name__
+            cause: BaseException | None = exc
+            while cause is not None:  # httpx hides the TLS verification message levels down
+                reason = str(cause) or reason
+                cause = cause.__cause__ or cause.__context__
+            raise UpstreamUnavailable(f"cannot reach {url}: {reason}") from None
 
     # ------------------------------------------------------------------------ buffers
 
@@ -68,10 +84,12 @@ class Gateway:
             if data is None and await self.context.fetch_missing(checksum):
                 data = await service.read(checksum)  # fetched from a peer (verified)
             return data
-        r = await self.http.get(f"{self.buffer_url}/{checksum}")
+        r = await self._call("GET", f"{self.buffer_url}/{checksum}")
         if r.status_code == 404:
             return None
-        r.raise_for_status()
+        if r.status_code != 200:
+            answer = f"{r.status_code} {r.text[:200]}"
+            raise UpstreamUnavailable(f"the buffer server answered {answer} for {checksum}")
         if hashlib.sha256(r.content).hexdigest() != checksum:
             raise InputMissing(f"the buffer server sent wrong bytes for {checksum}")
         return r.content
@@ -92,9 +110,9 @@ class Gateway:
             if self.buffer_url is None:
                 await self.context.buffers.put_bytes(checksum, data)
             else:
-                r = await self.http.put(f"{self.buffer_url}/{checksum}", content=data)
+                r = await self._call("PUT", f"{self.buffer_url}/{checksum}", content=data)
                 if r.status_code not in (200, 201, 202):
-                    raise NodeError(
+                    raise UpstreamUnavailable(
                         f"the buffer server refused the result buffer: {r.status_code} {r.text[:200]}"
                     )
 
@@ -110,7 +128,7 @@ class Gateway:
             if is_checksum(value):
                 return value
         elif self.database_url is not None:
-            r = await self.http.request("GET", self.database_url, json=request)
+            r = await self._call("GET", self.database_url, json=request)
             if r.status_code == 200 and is_checksum(r.text.strip()):
                 return r.text.strip()
         try:
@@ -137,7 +155,11 @@ class Gateway:
             return
         if self.database_url is not None:
             for w in writes:
-                r = await self.http.put(self.database_url, json=w)
+                try:
+                    r = await self._call("PUT", self.database_url, json=w)
+                except UpstreamUnavailable as exc:  # the result stands; only its record is lost
+                    log.warning("cannot record the %s of %s: %s", w["type"], tf_checksum, exc)
+                    continue
                 if r.status_code >= 400 and r.status_code != 409:
                     log.warning("database at %s refused %s: %s", self.database_url, w["type"], r.text[:200])
 

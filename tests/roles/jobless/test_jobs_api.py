@@ -14,6 +14,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from node.access.policy import NetworkGrants
+from tests.certs import make_certs, tls_settings
 
 from .support import JOBLESS, Transformations, wait_for, workers
 
@@ -205,3 +206,29 @@ async def test_inputs_and_results_at_another_node(start_node, http):
     other = await start_node(node={"roles": ["jobless"]}, jobless=remote)
     again = await submit(http, other.url, tf)
     assert again["state"] == "done" and again["cached"] is True
+
+
+async def test_inputs_and_results_at_another_node_over_https_with_a_private_ca(start_node, tmp_path):
+    """The job service's requests to jobless.buffer_url / database_url verify the server
+    against federation.ca_file, as peer requests do; without it a private CA is refused."""
+    certs = make_certs(tmp_path / "certs")
+    store = await start_node(node={"roles": ["buffers", "database"], **tls_settings(certs.server)})
+    assert store.url.startswith("https://")
+    remote = {"buffer_url": store.url + "/buffers", "database_url": store.url + "/database"}
+    runner = await start_node(
+        node={"roles": ["jobless"]}, jobless=remote, federation={"ca_file": str(certs.ca)}
+    )
+    tfs = Transformations()
+    tf = tfs.python("def f(x):\n    return x * 5\n", x=7)
+    async with httpx.AsyncClient(verify=certs.client_context(), timeout=60) as https, httpx.AsyncClient(
+        timeout=60
+    ) as plain:
+        await tfs.upload(https, store.url)
+        job = await submit(plain, runner.url, tf, wait=30)
+        assert job["state"] == "done", job
+        assert (await https.get(f"{store.url}/buffers/{job['result']}")).content == b"35\n"
+        untrusting = await start_node(node={"roles": ["jobless"]}, jobless=remote)
+        other = tfs.python("def f(x):\n    return x * 6\n", x=7)
+        r = await plain.post(f"{untrusting.url}/api/v1/jobs", json={"transformation": other})
+        assert r.status_code == 502, r.text  # the buffer server is not trusted: said, not run
+        assert "CERTIFICATE_VERIFY_FAILED" in r.json()["error"] and store.url in r.json()["error"], r.text
