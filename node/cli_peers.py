@@ -61,6 +61,8 @@ def ask_node(url: str) -> dict[str, Any]:
     try:
         response = httpx.get(f"{url}/api/v1/peers", headers=auth_headers(), timeout=30.0)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        if "CERTIFICATE" in str(exc) or "SSL" in str(exc):  # a node answers, not trusted
+            raise NodeError(f"cannot verify the node at {url}: {exc} (--ca-file)") from None
         raise NotRunning(str(exc)) from None
     except httpx.HTTPError as exc:
         raise NodeError(f"cannot ask the node at {url}: {exc}") from None
