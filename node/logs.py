@@ -11,7 +11,8 @@
 Either way a record is exactly one line: control characters in a message (a path, an
 error text, anything that may come from a client, a peer or a job) are escaped as
 ``\\xNN`` (``\\n`` and ``\\r`` included), so nothing logged can forge a line. Only a
-traceback, appended by the text format after the message, spans several lines.
+traceback, appended by the text format after the message, spans several lines, each
+indented by four spaces (a record always starts at the line's first column).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         record.message = one_line(record.message)
         return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        # a traceback's lines are indented: no text in it can pass for a record of its own
+        return text.replace("\n", "\n    ") if "\n" in text else text
 
 
 class JsonFormatter(logging.Formatter):

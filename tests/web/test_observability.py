@@ -254,3 +254,21 @@ async def test_store_count_never_holds_a_scrape_long(tmp_path, monkeypatch):
         while stats.files != 2:
             await stats.refresh(wait=0.05)
     assert stats.bytes == 150
+
+
+def test_a_traceback_cannot_pass_for_a_record():
+    import sys
+
+    try:
+        raise ValueError("bad input\n2026-01-01 00:00:00,000 INFO seamless_node: forged")
+    except ValueError:
+        failure = sys.exc_info()
+    record = logging.LogRecord("seamless_node", logging.ERROR, __file__, 1, "GET %s failed", ("/x\ny",), None)
+    record.exc_info = failure
+    lines = TextFormatter().format(record).splitlines()
+    assert lines[0].endswith("ERROR seamless_node: GET /x\\x0ay failed")
+    assert len(lines) > 2 and all(line.startswith("    ") for line in lines[1:])
+    import json
+
+    assert "\n" not in JsonFormatter().format(record)
+    assert "forged" in json.loads(JsonFormatter().format(record))["exception"]
