@@ -77,6 +77,10 @@ async def test_client_text_cannot_forge_log_lines(node, http, caplog):
     assert r.status_code == 400
     # through hypercorn (HTTP/1.0), a path with a quote
     await raw_exchange(node.url, b'GET /nothing"%0a HTTP/1.0\r\nHost: localhost\r\n\r\n')
+    # raw control characters: refused before any handler (h11 answers 400), nothing forged
+    for raw in (b"GET /buffers/\x0bx HTTP/1.1", b"GET /a\rINFO forged HTTP/1.1", b"GET /\x1b[2J HTTP/1.1"):
+        answer = await raw_exchange(node.url, raw + b"\r\nHost: localhost\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400"), answer
     # a token prefix is not logged, on either path
     await http.get(node.url + "/t/snt_secretsecret/healthcheck")
     await raw_exchange(node.url, b"GET /t/snt_secretsecret/healthcheck HTTP/1.0\r\nHost: localhost\r\n\r\n")
