@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any, Callable, Iterator
 
 import click
@@ -153,6 +154,8 @@ def run(
         _fail(str(exc))
         return
 
+    listening = threading.Event()
+
     async def main_task() -> None:
         # the first signal shuts down gracefully (node.shutdown_grace), a second at once
         stop = trio.Event()
@@ -164,6 +167,7 @@ def run(
                     nursery.cancel_scope.cancel()  # stopped: no more signals to wait for
 
                 urls = await nursery.start(serve)
+                listening.set()  # from now on the data directory is the node's: never removed
                 click.echo(f"seamless-node listening on {urls[0]} (roles: {','.join(config.node.roles)})")
                 sys.stdout.flush()
                 async for signum in signals:
@@ -178,7 +182,7 @@ def run(
     try:
         trio.run(main_task)
     except BaseException as exc:
-        if not isinstance(exc, KeyboardInterrupt):
+        if not listening.is_set():
             remove_created(created)  # a failed start leaves no fresh data directory behind
         leaf = _first_leaf(exc)
         if isinstance(leaf, NodeError):
