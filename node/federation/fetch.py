@@ -192,7 +192,11 @@ class BufferFetcher:
                 self._count(label, "store-error")
                 return False
             self._count(label, "ok")
-            log.info("fetched %s (%d bytes) from peer %s", checksum, holder.length, label)
+            log.info(
+                "fetched %s (%d bytes) from peer %s", checksum, holder.length, label,
+                extra={"fields": {"event": "peer-fetch", "peer": label, "checksum": checksum,
+                                  "bytes": holder.length}},
+            )
             if outcome is PutOutcome.CREATED:
                 self.metrics.inc("seamless_node_federation_bytes_fetched_total", holder.length, peer=label)
             return True

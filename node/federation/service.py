@@ -272,12 +272,12 @@ class FederationService:
     def _log_link(self, peer: str, status: PeerStatus) -> None:
         """One line when a peer's link changes: up, refusing us, or unreachable."""
         label = self.label(peer)
-        if status.reachable and status.accepts_us:
-            log.info("peer %s: link up", label)
-        elif status.reachable:
-            log.warning("peer %s: link refused: %s", label, status.error)
+        state = "up" if status.reachable and status.accepts_us else "refused" if status.reachable else "down"
+        fields = {"fields": {"event": "peer-link", "peer": label, "link": state, "error": status.error}}
+        if state == "up":
+            log.info("peer %s: link up", label, extra=fields)
         else:
-            log.warning("peer %s: link down: %s", label, status.error)
+            log.warning("peer %s: link %s: %s", label, state, status.error, extra=fields)
 
     async def _prober(self) -> None:
         interval = float(self.context.config.federation.probe_interval)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import httpx
 import pytest
 
 from node.federation.peers import PeerRefused
-from node.logs import TextFormatter
+from node.logs import JsonFormatter, TextFormatter
 from tests.helpers import random_buffer
 
 from .conftest import Cluster
@@ -43,3 +44,7 @@ async def test_fetch_refusal_and_link_changes_are_logged(
     assert (await a.federation.probe(c.node_id)).reachable is False
     assert any("peer c: link down" in line for line in federation_lines(caplog))
     assert sum("peer c: link up" in line for line in federation_lines(caplog)) == 1
+    # the JSON log format carries the event as fields
+    down = next(r for r in caplog.records if "peer c: link down" in r.getMessage())
+    obj = json.loads(JsonFormatter().format(down))
+    assert obj["event"] == "peer-link" and obj["peer"] == "c" and obj["link"] == "down" and obj["error"]
