@@ -31,7 +31,9 @@ from .metrics import Metrics
 from .roles import NodeContext, Role, role_classes
 from .store.buffers import BufferStore
 from .store.service import BufferService
+from .store_stats import StoreStats
 from .tls import server_context
+from .web.access_log import RequestLog
 from .web.app_class import NodeApp, needs_close
 from .web.fastpath import FastPath, route
 from .web.fastpath import Request as FastRequest
@@ -55,6 +57,8 @@ class Node:
     asgi: FastPath
     #: the TLS server context (node.tls_cert_file), or None for plain HTTP
     tls: ssl.SSLContext | None = None
+    #: the request log line and request metrics of both HTTP paths
+    requests: RequestLog | None = None
 
 
 def build_node(config: NodeConfig) -> Node:
@@ -93,7 +97,8 @@ def build_node(config: NodeConfig) -> Node:
 
         for blueprint in federation_blueprints(context.federation):
             app.register_blueprint(blueprint)
-    _install_common_routes(app, node_roles=roles, metrics=metrics, started=time.time())
+    stats = StoreStats(store, metrics, writes=lambda: _store_writes(metrics))
+    _install_common_routes(app, node_roles=roles, metrics=metrics, started=time.time(), stats=stats)
     fast = [route("GET", "/healthcheck", _healthcheck)]  # load balancers poll it often
     fast += [r for role in roles for r in role.fast_routes()]
     if context.federation is not None:
@@ -107,15 +112,25 @@ def build_node(config: NodeConfig) -> Node:
             "seamless_node_tls_refused_total", "connections refused before their first request, by reason"
         )
     guard = Guard(AccessPolicy.from_config(config))  # who may do what (docs/security.md)
-    return Node(config, app, context, roles, FastPath(app, fast, metrics, guard), tls)
+    requests = RequestLog(metrics, enabled=config.node.access_log)
+    return Node(config, app, context, roles, FastPath(app, fast, metrics, guard), tls, requests)
+
+
+def _store_writes(metrics: Metrics) -> float:
+    """A number that moves when buffers are stored (uploads, job results, peer fetches)."""
+    return sum(
+        metrics.value(name)
+        for name in ("seamless_node_buffers_stored_total", "seamless_node_jobs_done_total")
+    ) + sum(metrics.series_total("seamless_node_federation_bytes_fetched_total"))
 
 
 async def _healthcheck(request: FastRequest) -> FastResponse:
     return FastResponse(200, b"OK")
 
 
-def _install_common_routes(app: NodeApp, *, node_roles: list[Role], metrics: Metrics, started: float) -> None:
-    metrics.describe("seamless_node_http_requests_total", "HTTP requests answered, by role and status")
+def _install_common_routes(
+    app: NodeApp, *, node_roles: list[Role], metrics: Metrics, started: float, stats: StoreStats
+) -> None:
     metrics.gauge("seamless_node_uptime_seconds", lambda: time.time() - started, "seconds since start")
 
     @app.route("/healthcheck", methods=["GET"])
@@ -124,6 +139,7 @@ def _install_common_routes(app: NodeApp, *, node_roles: list[Role], metrics: Met
 
     @app.route("/metrics", methods=["GET"])
     async def metrics_route() -> Response:
+        await stats.refresh()
         return Response(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.route("/api/v1/node", methods=["GET"])
@@ -147,12 +163,15 @@ def _install_common_routes(app: NodeApp, *, node_roles: list[Role], metrics: Met
         return Response(str(exc), status=status, content_type="text/plain")
 
     @app.after_request
-    async def count(response: Response) -> Response:
+    async def close_if_needed(response: Response) -> Response:
         if needs_close(request):
             response.headers["Connection"] = "close"
-        first = request.path.split("/", 2)[1] if request.path.count("/") >= 1 else ""
-        metrics.inc("seamless_node_http_requests_total", area=first or "root", status=str(response.status_code))
         return response
+
+
+def _open_connections(front: Front) -> int:
+    connections = getattr(front, "_connections", None)
+    return len(connections.child_tasks) if connections is not None else 0
 
 
 def hypercorn_config(config: NodeConfig) -> HypercornConfig:
@@ -200,7 +219,11 @@ async def run_node(
             if federation is not None:
                 await federation.start(nursery)
             front = Front(
-                node.asgi, node.asgi.routes, node.context.metrics, hypercorn_config(node.config), tls=node.tls
+                node.asgi, node.asgi.routes, node.context.metrics, hypercorn_config(node.config),
+                tls=node.tls, requests=node.requests,
+            )
+            node.context.metrics.gauge(
+                "seamless_node_open_connections", lambda: _open_connections(front), "client connections open"
             )
             urls = await nursery.start(front.serve)
             task_status.started(urls)

@@ -7,7 +7,8 @@ import logging
 import os
 import signal
 import sys
-from typing import Callable, Iterator
+import threading
+from typing import Any, Callable, Iterator
 
 import click
 import trio
@@ -15,7 +16,7 @@ import trio
 from . import __version__
 from .cli_token import redact, token_option
 from .client import with_ca_file
-from .config import BUILT_ROLES, VALID_ROLES, build_config
+from .config import BUILT_ROLES, VALID_ROLES, Size, build_config, format_size
 from .errors import ConfigError, NodeError
 
 DEFAULT_URL = "http://127.0.0.1:5533"
@@ -27,12 +28,10 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from .logs import setup_logging
+
+    setup_logging(level, fmt)
 
 
 @contextlib.contextmanager
@@ -43,6 +42,29 @@ def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
         return
     with click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True) as bar:
         yield bar.update
+
+
+@contextlib.contextmanager
+def _download_progress(label: str) -> Iterator[tuple[Callable[[int | None], None], Callable[[int], None]]]:
+    """(start, update) for a download whose size is known once the answer comes: a
+    progress bar on stderr when it is a terminal and the size is announced."""
+    bar: Any = None
+
+    def start(total: int | None) -> None:
+        nonlocal bar
+        if bar is None and total and sys.stderr.isatty():
+            bar = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True)
+            bar.__enter__()
+
+    def update(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+
+    try:
+        yield start, update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
 
 
 url_option = with_ca_file(click.option(
@@ -83,6 +105,10 @@ def main() -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML configuration file.")
 @click.option("--readonly", is_flag=True, default=None, help="Serve the buffer store and the database read-only.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Logging detail.")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]),
+    help="text (default) or json: one JSON object per line, for log collectors.",
+)
 def run(
     roles: str | None,
     host: str | None,
@@ -91,6 +117,7 @@ def run(
     config_file: str | None,
     readonly: bool | None,
     log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Start a node and serve until Ctrl-C or SIGTERM.
 
@@ -99,7 +126,8 @@ def run(
     `seamless-node listening on http://HOST:PORT (roles: ...)` when it is ready.
     """
     flags = {
-        "node": {"host": host, "port": port, "data_dir": data_dir, "roles": roles, "log_level": log_level},
+        "node": {"host": host, "port": port, "data_dir": data_dir, "roles": roles, "log_level": log_level,
+                 "log_format": log_format},
         "buffers": {"readonly": readonly},
         "database": {"readonly": readonly},
     }
@@ -115,8 +143,18 @@ def run(
             f"built roles: {', '.join(BUILT_ROLES)}",
             2,
         )
-    _setup_logging(config.node.log_level)
+    _setup_logging(config.node.log_level, config.node.log_format)
     from .app import serve_node
+    from .startup import check_port, prepare_data_dir, remove_created
+
+    try:
+        check_port(config.node.host, config.node.port)  # before anything is written
+        created = prepare_data_dir(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+
+    listening = threading.Event()
 
     async def main_task() -> None:
         # the first signal shuts down gracefully (node.shutdown_grace), a second at once
@@ -129,6 +167,7 @@ def run(
                     nursery.cancel_scope.cancel()  # stopped: no more signals to wait for
 
                 urls = await nursery.start(serve)
+                listening.set()  # from now on the data directory is the node's: never removed
                 click.echo(f"seamless-node listening on {urls[0]} (roles: {','.join(config.node.roles)})")
                 sys.stdout.flush()
                 async for signum in signals:
@@ -143,10 +182,14 @@ def run(
     try:
         trio.run(main_task)
     except BaseException as exc:
+        if not listening.is_set():
+            remove_created(created)  # a failed start leaves no fresh data directory behind
         leaf = _first_leaf(exc)
         if isinstance(leaf, NodeError):
             _fail(str(leaf), 2 if isinstance(leaf, ConfigError) else 1)
         if isinstance(leaf, OSError):
+            if leaf.filename:  # a file or directory, not the address
+                _fail(f"cannot use {leaf.filename}: {leaf.strerror or leaf}")
             _fail(f"cannot start on {config.node.host}:{config.node.port}: {leaf.strerror or leaf}")
         raise
     log.info("stopped")
@@ -181,13 +224,19 @@ def put(files: tuple[str, ...], url: str) -> None:
 @main.command()
 @click.argument("checksums", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (one checksum only).")
-@click.option("-d", "--directory", type=click.Path(file_okay=False), help="Write each buffer to DIRECTORY/CHECKSUM.")
+@click.option(
+    "-d", "--directory", type=click.Path(file_okay=False), help="Write each buffer to DIRECTORY/CHECKSUM."
+)
+@click.option("-f", "--force", is_flag=True, help="Overwrite files that exist already.")
 @url_option
 @token_option
-def get(checksums: tuple[str, ...], output: str | None, directory: str | None, url: str) -> None:
+def get(checksums: tuple[str, ...], output: str | None, directory: str | None, force: bool, url: str) -> None:
     """Download buffers by checksum, verified before they are written.
 
-    With one checksum and no option, the buffer goes to standard output.
+    With one checksum and no option, the buffer goes to standard output. Files are
+    created with the umask's permissions; an existing file is left alone unless --force.
+    A progress bar shows on a terminal. --url is the node's base URL (a URL ending in
+    /buffers is taken as the buffer server's, and works too).
     """
     from .checksum import parse_checksum
     from .cli_token import auth_headers
@@ -205,7 +254,10 @@ def get(checksums: tuple[str, ...], output: str | None, directory: str | None, u
     with NodeClient(url, headers=auth_headers()) as client:
         try:
             if directory:
-                os.makedirs(directory, exist_ok=True)
+                try:
+                    os.makedirs(directory, exist_ok=True)
+                except OSError as exc:
+                    _fail(f"cannot create {directory}: {exc.strerror or exc}")
             for cs in checksums:
                 target = output or (os.path.join(directory, cs) if directory else None)
                 if target is None:
@@ -216,15 +268,16 @@ def get(checksums: tuple[str, ...], output: str | None, directory: str | None, u
 
                         with tempfile.TemporaryDirectory() as tmp:
                             path = os.path.join(tmp, cs)
-                            client.download(cs, path)
+                            with _download_progress(f"downloading {cs[:12]}") as (start, update):
+                                client.download(cs, path, update, length=start)
                             with open(path, "rb") as f:
                                 while chunk := f.read(1 << 20):
                                     sys.stdout.buffer.write(chunk)
                     else:
                         sys.stdout.buffer.write(data)
                     continue
-                with _progress(f"downloading {cs[:12]}", 0) as progress:
-                    client.download(cs, target, progress)
+                with _download_progress(f"downloading {cs[:12]}") as (start, update):
+                    client.download(cs, target, update, overwrite=force, length=start)
         except NodeError as exc:
             _fail(str(exc))
 
@@ -324,6 +377,8 @@ def show_config(config_file: str | None) -> None:
         return
 
     def plain(value: object) -> object:
+        if isinstance(value, Size):
+            return format_size(value)
         if isinstance(value, tuple):
             return [plain(v) for v in value]
         if isinstance(value, dict):
@@ -346,7 +401,8 @@ main.add_command(submit)
 main.add_command(status)
 main.add_command(cancel)
 main.add_command(jobs)
-from .cli_federation import key, keygen, link, peers  # noqa: E402  (federation, node/cli_federation.py)
+from .cli_federation import key, keygen, link  # noqa: E402  (federation, node/cli_federation.py)
+from .cli_peers import peers  # noqa: E402
 from .cli_token import token  # noqa: E402  (bearer tokens, node/cli_token.py)
 
 main.add_command(token)

@@ -1,4 +1,4 @@
-"""Federation commands: ``keygen``, ``key``, ``link`` and ``peers``.
+"""Federation commands: ``keygen``, ``key`` and ``link`` (``peers``: cli_peers.py).
 
 ::
 
@@ -8,7 +8,6 @@
         --expires 90d > a-grants-b.link
     seamless-node link show|verify FILE...
     seamless-node link revoke --data-dir ./site-a --serial 7
-    seamless-node peers --data-dir ./site-a            # reachable?, grants both ways, last seen
 
 Every command finds the key, the peers file and the revocations file from ``--data-dir``
 (or ``--config``), as ``seamless-node run`` does.
@@ -16,7 +15,6 @@ Every command finds the key, the peers file and the revocations file from ``--da
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
@@ -317,23 +315,4 @@ def link_revoke(
     click.echo(f"{len(updated.links)} link(s) and {len(updated.keys)} key(s) revoked in {path}")
 
 
-@click.command()
-@where_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--no-probe", is_flag=True, help="Do not contact the peers (reachable? stays unknown).")
-def peers(data_dir: str | None, config_file: str | None, as_json: bool, no_probe: bool) -> None:
-    """Each peer: reachable?, does it accept us?, grants both ways, last seen."""
-    from .federation.status import collect, render
-
-    config = _config(data_dir, config_file)
-    try:
-        report = collect(config, probe=not no_probe)
-    except NodeError as exc:
-        _fail(str(exc), 2)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-    else:
-        click.echo(render(report), nl=False)
-
-
-commands = [keygen, key, link, peers]
+commands = [keygen, key, link]

@@ -16,6 +16,7 @@ import os
 import struct
 import tempfile
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import click
 import httpx
@@ -83,9 +84,26 @@ def decode_batch(body: bytes) -> dict[str, bytes | None]:
     return out
 
 
+def base_url(url: str) -> str:
+    """The node's base URL: a trailing ``/buffers`` (the buffer server's URL, as
+    hashserver clients are given) is taken off; other paths (``/t/<token>``) stay."""
+    url = url.rstrip("/")
+    return url.removesuffix("/buffers") if url.endswith("/buffers") else url
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """*mode* as the process's umask lets a new file have it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 class NodeClient:
     def __init__(self, url: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
-        self.url = url.rstrip("/")
+        self.url = base_url(url)
+        path = urlsplit(self.url).path
+        #: the URL has a path no node route lives under (a token prefix is one)
+        self.odd_path = path if path not in ("", "/") and not path.startswith("/t/") else ""
         #: *headers*: e.g. ``Authorization: Bearer <token>``, sent with every request
         self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), headers=headers)
 
@@ -104,9 +122,14 @@ class NodeClient:
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach the node at {self.url}: {exc}") from None
 
-    @staticmethod
-    def _check(response: httpx.Response, what: str) -> None:
+    def _check(self, response: httpx.Response, what: str) -> None:
         if response.status_code >= 400:
+            if _is_html(response) or (self.odd_path and response.status_code in (401, 403, 404, 405)):
+                path = f", without a path such as {self.odd_path}" if self.odd_path else ""
+                raise ClientError(
+                    f"{what}: HTTP {response.status_code}: no such route at {self.url}: --url must be "
+                    f"the node's base URL{path} (e.g. http://host:5533)"
+                )
             text = response.text.strip()[:300]
             raise ClientError(f"{what}: HTTP {response.status_code}: {text}")
 
@@ -132,21 +155,42 @@ class NodeClient:
         self._check(response, "has")
         return response.json()
 
-    def download(self, checksum: str, out_path: str, progress: Progress | None = None) -> None:
-        """Download to *out_path*, verified; nothing is left there if verification fails."""
+    def download(
+        self,
+        checksum: str,
+        out_path: str,
+        progress: Progress | None = None,
+        *,
+        overwrite: bool = False,
+        length: Callable[[int | None], None] | None = None,
+    ) -> None:
+        """Download to *out_path*, verified; nothing is left there if verification fails.
+        The file gets the mode the umask allows; an existing *out_path* is an error
+        unless *overwrite*. *length* is called with the announced size (or None) before
+        the body arrives (to start a progress bar)."""
         parse_checksum(checksum)
         directory = os.path.dirname(os.path.abspath(out_path))
+        if not overwrite and os.path.lexists(out_path):
+            raise ClientError(f"{out_path} exists; use --force to overwrite it")
+        if not os.path.isdir(directory):
+            raise ClientError(f"cannot write {out_path}: directory {directory} does not exist")
         hasher = new_hasher()
-        fd, tmp = tempfile.mkstemp(prefix=".seamless-get-", dir=directory)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".seamless-get-", dir=directory)
+        except OSError as exc:
+            raise ClientError(f"cannot write {out_path}: {exc.strerror or exc}") from None
         try:
             with os.fdopen(fd, "wb") as out:
                 try:
                     with self.http.stream("GET", f"{self.url}/buffers/{checksum}") as response:
-                        if response.status_code == 404:
+                        if response.status_code == 404 and not _is_html(response) and not self.odd_path:
                             raise ClientError(f"buffer {checksum} is not on the node")
                         if response.status_code >= 400:
                             response.read()
                             self._check(response, f"download of {checksum}")
+                        if length is not None:
+                            announced = response.headers.get("content-length", "")
+                            length(int(announced) if announced.isdigit() else None)
                         for chunk in response.iter_bytes(CHUNK):
                             hasher.update(chunk)
                             out.write(chunk)
@@ -156,7 +200,8 @@ class NodeClient:
                     raise ClientError(f"download of {checksum} failed: {exc}") from None
             if hasher.hexdigest() != checksum:
                 raise ClientError(f"download of {checksum} does not match its checksum; discarded")
-            os.replace(tmp, out_path)
+            os.chmod(tmp, umask_mode())
+            _place(tmp, out_path, overwrite)
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -168,3 +213,25 @@ class NodeClient:
         response = self._request("POST", "/api/v1/buffers/get", json=checksums)
         self._check(response, "batched download")
         return decode_batch(response.content)
+
+
+def _is_html(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("text/html")
+
+
+def _place(tmp: str, out_path: str, overwrite: bool) -> None:
+    """Rename *tmp* to *out_path*; without *overwrite*, never over a file that appeared
+    meanwhile (a hard link fails if the name exists)."""
+    if overwrite:
+        os.replace(tmp, out_path)
+        return
+    try:
+        os.link(tmp, out_path)
+    except FileExistsError:
+        raise ClientError(f"{out_path} exists; use --force to overwrite it") from None
+    except OSError:  # no hard links here: check, then rename
+        if os.path.lexists(out_path):
+            raise ClientError(f"{out_path} exists; use --force to overwrite it") from None
+        os.replace(tmp, out_path)
+        return
+    os.unlink(tmp)

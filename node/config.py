@@ -64,6 +64,18 @@ def parse_size(value: object) -> Size:
     raise ValueError(f"expected a size such as 1048576, 64MiB or 2GB, got {value!r}")
 
 
+def format_size(value: int) -> str | int:
+    """*value* as a readable size that ``parse_size`` reads back exactly: ``64GiB``,
+    ``16KiB``, ``2GB``; a byte count with no exact unit stays a number."""
+    if value <= 0:
+        return int(value)
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024),
+                         ("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("kB", 1000)):
+        if value % factor == 0:
+            return f"{value // factor}{unit}"
+    return int(value)
+
+
 def parse_seconds(value: object) -> Seconds:
     if isinstance(value, bool):
         raise ValueError("expected a duration, got a boolean")
@@ -92,6 +104,10 @@ class NodeSection:
     roles: tuple[str, ...] = DEFAULT_ROLES
     #: debug, info, warning or error
     log_level: str = "info"
+    #: text (one line per event, for people) or json (one JSON object per line, for collectors)
+    log_format: str = "text"
+    #: log one line per answered request at info (method, path, status, bytes, duration, client)
+    access_log: bool = True
     #: on SIGTERM/SIGINT, seconds that requests in flight get to finish before they are cut
     #: (idle connections close at once; a second signal stops at once)
     shutdown_grace: Seconds = Seconds(2.0)
@@ -529,6 +545,8 @@ def validate(config: NodeConfig) -> NodeConfig:
         raise ConfigError(f"buffers.layout must be prefix or flat, got {config.buffers.layout!r}")
     if config.node.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"node.log_level must be debug, info, warning or error, got {config.node.log_level!r}")
+    if config.node.log_format not in ("text", "json"):
+        raise ConfigError(f"node.log_format must be text or json, got {config.node.log_format!r}")
     if config.buffers.threads < 1:
         raise ConfigError("buffers.threads must be at least 1")
     if config.database.threads < 1:

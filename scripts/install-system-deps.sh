@@ -4,7 +4,8 @@
 set -euo pipefail
 purpose=${1:-tests}
 case "$purpose" in
-  tests) packages=(procps util-linux slurm-wlm munge) ;;
+  # systemd: for systemd-analyze verify of docs/deploy.md's units (works without systemd running)
+  tests) packages=(procps util-linux slurm-wlm munge systemd) ;;
   bench) packages=(nginx-light wrk procps) ;;
   *) echo "usage: $0 tests|bench" >&2; exit 2 ;;
 esac

@@ -182,6 +182,8 @@ class BufferFetcher:
             except PeerRefused as exc:
                 self.locator.cache.forget(source.name, checksum)
                 self._count(label, "absent" if exc.status == 404 else f"refused-{exc.status}")
+                if exc.status != 404:
+                    log.warning("fetch of %s from %s refused (%d): %s", checksum, label, exc.status, exc)
                 continue
             except (PeerError, httpx.TransportError, httpx.TimeoutException) as exc:
                 self._failed(source, label, "unreachable", str(exc))
@@ -191,6 +193,11 @@ class BufferFetcher:
                 self._count(label, "store-error")
                 return False
             self._count(label, "ok")
+            log.info(
+                "fetched %s (%d bytes) from peer %s", checksum, holder.length, label,
+                extra={"fields": {"event": "peer-fetch", "peer": label, "checksum": checksum,
+                                  "bytes": holder.length}},
+            )
             if outcome is PutOutcome.CREATED:
                 self.metrics.inc("seamless_node_federation_bytes_fetched_total", holder.length, peer=label)
             return True

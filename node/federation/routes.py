@@ -195,7 +195,8 @@ def federation_blueprints(service: Any) -> list[Blueprint]:
     @api.route("/peers", methods=["GET"])
     async def peers() -> Response:
         await service.watcher.refresh()
-        return _json({"node_id": service.node_id, "peers": service.report()})
+        problems = list(service.watcher.state.problems)
+        return _json({"node_id": service.node_id, "peers": service.report(), "problems": problems})
 
     @api.route("/peers/results/<checksum>", methods=["GET"])
     async def peer_result(checksum: str) -> Response:

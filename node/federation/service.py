@@ -252,6 +252,7 @@ class FederationService:
 
     async def probe(self, peer: str) -> PeerStatus:
         status = self.status.setdefault(peer, PeerStatus())
+        before = (status.reachable, status.accepts_us)
         status.last_checked = self.clock()
         try:
             if self.registry.keyset(peer) is None:
@@ -264,7 +265,19 @@ class FederationService:
         else:
             status.reachable, status.accepts_us, status.error = True, True, ""
             status.last_seen = self.clock()
+        if (status.reachable, status.accepts_us) != before:
+            self._log_link(peer, status)
         return status
+
+    def _log_link(self, peer: str, status: PeerStatus) -> None:
+        """One line when a peer's link changes: up, refusing us, or unreachable."""
+        label = self.label(peer)
+        state = "up" if status.reachable and status.accepts_us else "refused" if status.reachable else "down"
+        fields = {"fields": {"event": "peer-link", "peer": label, "link": state, "error": status.error}}
+        if state == "up":
+            log.info("peer %s: link up", label, extra=fields)
+        else:
+            log.warning("peer %s: link %s: %s", label, state, status.error, extra=fields)
 
     async def _prober(self) -> None:
         interval = float(self.context.config.federation.probe_interval)
@@ -312,6 +325,7 @@ class FederationService:
                         self.metrics.value("seamless_node_federation_jobs_received_total", peer=entry.label)
                     ),
                     "revocations": self.revocations.report(peer),
+                    "job_load": (self.peer_loads.get(peer) or (0.0, None))[1],
                     **self.registry.grants_summary(peer, now),
                 }
             )

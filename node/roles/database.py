@@ -67,13 +67,13 @@ class DatabaseRole(Role):
         context.mappings = self.service
         metrics = context.metrics
         metrics.describe("seamless_node_database_requests_total", "database requests, by operation and type")
-        metrics.gauge(
-            "seamless_node_database_transactions",
+        metrics.counter(
+            "seamless_node_database_transactions_total",
             lambda: self.service.transactions,
             "write transactions committed",
         )
-        metrics.gauge(
-            "seamless_node_database_updates_written",
+        metrics.counter(
+            "seamless_node_database_updates_written_total",
             lambda: self.service.updates_written,
             "database writes committed",
         )

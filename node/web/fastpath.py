@@ -192,8 +192,6 @@ class FastPath:
             await self._send(request, response, send)
 
     async def _send(self, request: Request, response: Response, send: Send) -> None:
-        area = request.path.split("/", 2)[1] or "root"
-        self.metrics.inc("seamless_node_http_requests_total", area=area, status=str(response.status))
         headers = [(b"content-type", response.content_type.encode())]
         for name, value in (response.headers or {}).items():
             headers.append((name.lower().encode(), value.encode()))

@@ -53,6 +53,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from ..errors import NodeError
 from ..metrics import Metrics
 from ..tls import PLAIN_HTTP_ANSWER, looks_like_plain_http, looks_like_tls
+from .access_log import LogRequests, RequestLog
 from .connection import Connection, FrontRequest
 from .fastpath import FastRoute, Response, error_response
 from .guard import refusal_route, with_headers
@@ -74,14 +75,18 @@ class Front:
         metrics: Metrics,
         config: HypercornConfig,
         tls: ssl.SSLContext | None = None,
+        requests: RequestLog | None = None,
     ) -> None:
         self.routes = routes
+        #: the request log and metrics (web/access_log.py), for both paths
+        self.requests = requests or RequestLog(metrics)
         #: serve HTTPS with this server context (None: plain HTTP)
         self.tls = tls
         self.metrics = metrics
         self.config = config
         self.header_timeout = float(config.keep_alive_timeout)
-        self.app = wrap_app(CountRequests(asgi, self), config.wsgi_max_body_size, None)
+        counted = CountRequests(LogRequests(asgi, self.requests), self)
+        self.app = wrap_app(counted, config.wsgi_max_body_size, None)  # type: ignore[arg-type]
         self.context = WorkerContext(None)
         self.lifespan_state: dict[str, Any] = {}
         #: requests being answered, by the front or by hypercorn
@@ -296,7 +301,8 @@ class Front:
         """Answer one request; True if the connection may carry another."""
         self.in_flight += 1
         try:
-            return await self._answer(route, request)
+            with self.requests.front(request):
+                return await self._answer(route, request)
         finally:
             self.in_flight -= 1
 
@@ -321,8 +327,7 @@ class Front:
         return False
 
     async def _send(self, request: FrontRequest, response: Response) -> bool:
-        area = request.path.split("/", 2)[1] or "root"
-        self.metrics.inc("seamless_node_http_requests_total", area=area, status=str(response.status))
+        self.requests.answering(request, response)
         keep_alive = request.head.keep_alive and request.body_complete and not self.stopping
         headers = [(b"content-type", response.content_type.encode())]
         length: bytes | None = None

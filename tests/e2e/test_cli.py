@@ -65,9 +65,10 @@ def test_bad_environment_exits_2(tmp_path):
 def test_port_in_use_is_a_clear_error(node_process, tmp_path):
     proc = node_process("--roles", "buffers")
     port = proc.url.rsplit(":", 1)[1]
-    r = cli("run", "--roles", "buffers", "--port", port, "--data-dir", str(tmp_path / "other"))
+    r = cli("run", "--roles", "buffers", "--port", port, "--data-dir", str(tmp_path / "other" / "data"))
     assert r.returncode == 1
-    assert b"cannot start" in r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use".encode() in r.stderr
+    assert not (tmp_path / "other").exists()  # no fresh data directory left behind
 
 
 def test_sigterm_exits_cleanly_within_5_seconds(node_process):
@@ -141,3 +142,35 @@ def test_fsck_cli(node_process, tmp_path):
     assert r.returncode == 0
     r = cli("fsck", "--data-dir", str(tmp_path / "nowhere"))
     assert r.returncode == 2
+
+
+def test_config_prints_sizes_readably_and_reads_back(tmp_path):
+    r = cli("config")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.decode()
+    assert "max_buffer_size: 64GiB" in text and "reserve_free_bytes: 64MiB" in text
+    assert "upload_min_rate: 16KiB" in text
+    saved = tmp_path / "node.yaml"
+    saved.write_text(text)
+    again = cli("config", "--config", str(saved))
+    assert again.returncode == 0 and again.stdout.decode() == text
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("buffers:\n  max_buffer_size: 1000001\n  reserve_free_bytes: 3GB\n")
+    text = cli("config", "--config", str(odd)).stdout.decode()
+    assert "max_buffer_size: 1000001\n" in text and "reserve_free_bytes: 3GB\n" in text
+
+
+def test_make_run_installs_only_what_running_needs(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    venv = str(tmp_path / "venv")  # a fresh one: make shows everything it would do
+
+    def plan(target):
+        command = ["make", "-n", "-C", root, target, f"VENV={venv}"]
+        r = subprocess.run(command, capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.decode()
+
+    run = plan("run")
+    assert "pip install" in run and "[test]" not in run
+    assert "seamless-node run" in run
+    assert "pip install --quiet --disable-pip-version-check -e '.[test]'" in plan("test")

@@ -76,3 +76,14 @@ async def test_a_ca_file_that_is_not_a_certificate_is_a_usage_error(certs, tmp_p
     cs, _ = random_buffer(10)
     r = await cli("has", cs, "--url", "https://127.0.0.1:1", "--ca-file", str(bogus))
     assert r.returncode == 2 and b"--ca-file" in r.stderr
+
+
+async def test_peers_over_https_needs_the_ca(start_node, certs, tmp_path: Path):
+    """A node whose certificate the command cannot verify is not taken for a stopped one."""
+    node = await start_node(node=tls_settings(certs.server))
+    where = ("--url", node.url, "--data-dir", str(tmp_path / "none"))
+    r = await cli("peers", *where)
+    assert r.returncode == 1 and b"cannot verify the node at" in r.stderr and b"--ca-file" in r.stderr
+    assert b"no node answers" not in r.stderr
+    r = await cli("peers", *where, "--ca-file", str(certs.ca))
+    assert r.returncode == 1 and b"runs without federation" in r.stderr  # asked, and answered

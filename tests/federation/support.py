@@ -38,11 +38,12 @@ def make_link(
     return sign_link(link, issuer)
 
 
-async def peers_command(data_dir: Path, *args: str) -> str:
-    """What `seamless-node peers --data-dir DATA_DIR ARGS` prints (run as a process);
-    the command must succeed."""
+async def peers_command(data_dir: Path, *args: str, offline: bool = True) -> str:
+    """What `seamless-node peers --data-dir DATA_DIR ARGS` prints (run as a process; by
+    default --offline: from the data directory); the command must succeed."""
+    mode = ["--offline"] if offline else []
     proc = await trio.run_process(
-        [sys.executable, "-m", "node", "peers", "--data-dir", str(data_dir), *args],
+        [sys.executable, "-m", "node", "peers", "--data-dir", str(data_dir), *mode, *args],
         capture_stdout=True,
         capture_stderr=True,
         check=False,

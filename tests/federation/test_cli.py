@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import stat
+import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
+import trio
 import yaml
 from click.testing import CliRunner
 
@@ -95,7 +98,7 @@ def test_commands_without_a_key_fail_clearly(tmp_path: Path):
         "link", "grant", "--data-dir", str(tmp_path), "--to", "a" * 52, "--grant", "buffers:read"
     )
     assert code == 2 and "keygen" in err
-    code, _, err = run("peers", "--data-dir", str(tmp_path))
+    code, _, err = run("peers", "--data-dir", str(tmp_path), "--offline")
     assert code == 2 and "keygen" in err
 
 
@@ -121,3 +124,39 @@ async def test_peers_command_against_running_nodes(cluster: Cluster, http: httpx
     assert "reachable    yes   accepts us: yes" in text and "we grant     buffers:read,results:read #" in text
     assert "runs jobs    yes (load 0)" in text
     assert yaml.safe_load((a.data_dir / "peers.yaml").read_text())["peers"]
+
+
+async def test_peers_asks_the_running_node(
+    cluster: Cluster, http: httpx.AsyncClient, tmp_path: Path, start_node: Any
+):
+    a = await cluster.start(cluster.add("a", "127.0.0.1"))
+    b = await cluster.start(cluster.add("b", "127.0.0.2"))
+    cluster.grant(a, b, "buffers:read")
+    cluster.grant(b, a, "buffers:read")
+    await cluster.configure()
+    assert (await a.federation.probe(b.node_id)).accepts_us is True
+    # the node's own view, over its API: no key file is read (there is none here)
+    empty = tmp_path / "no-key-here"
+    report = json.loads(await peers_command(empty, "--url", a.url, "--json", offline=False))
+    assert report["node_id"] == a.node_id and not (empty / "node.key").exists()
+    (row,) = report["peers"]
+    assert row["name"] == "b" and row["reachable"] and row["accepts_us"]
+    assert row["to_peer"][0]["grants"] == {"buffers:read": {}}
+    text = await peers_command(empty, "--url", a.url, offline=False)
+    assert text.startswith(f"node {a.node_id}\n") and "reachable    yes   accepts us: yes" in text
+    # no node there: it says so, then reads the data directory
+    nowhere = "http://127.0.0.1:9"
+    proc = await peers_process("--data-dir", str(a.data_dir), "--url", nowhere, "--no-probe", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert f"no node answers at http://127.0.0.1:9; reading {a.data_dir} instead" in proc.stderr.decode()
+    assert json.loads(proc.stdout)["node_id"] == a.node_id
+    # a node without federation says so
+    plain = await start_node()
+    proc = await peers_process("--url", plain.url, "--data-dir", str(empty))
+    assert proc.returncode == 1 and b"runs without federation" in proc.stderr
+
+
+async def peers_process(*args: str) -> Any:
+    return await trio.run_process(
+        [sys.executable, "-m", "node", "peers", *args], capture_stdout=True, capture_stderr=True, check=False
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -97,7 +98,7 @@ def body_for(tf: dict[str, Any], hops: list[str], **extra: Any) -> dict[str, Any
     return {"transformation": tf, "hops": hops, "wait": 30, **extra}
 
 
-async def test_job_runs_where_its_50mb_input_is(cluster: Cluster, http: httpx.AsyncClient):
+async def test_job_runs_where_its_50mb_input_is(cluster: Cluster, http: httpx.AsyncClient, caplog):
     """(a) the input is at B only: the job submitted at A runs at B (B's record says so, and
     for whom), A gets the result and the result buffer; C, which lacks the input, is passed
     over; B never sends the job back to A."""
@@ -111,9 +112,13 @@ async def test_job_runs_where_its_50mb_input_is(cluster: Cluster, http: httpx.As
     tf, data_cs = await place_job(http, tfs, code_text, big, code_at=a, data_at=[b])
     code = set(tfs.buffers) - {data_cs}
 
+    caplog.set_level(logging.INFO)
     job = await submit(http, a, tf)
     assert job["state"] == "done", job
     assert job["executor"] == b.node_id
+    said = [r.getMessage() for r in caplog.records if r.name == "seamless_node.jobs"]
+    for words in ("forwarded to peer b", "started on peer b", "done in"):
+        assert any(line.startswith(f"job {job['checksum']} {words}") for line in said), (words, said)
     result = job["result"]
     assert celltypes.deserialize(await a.context.buffers.read(result), "mixed") == 100 * MiB
     # the 50 MB input never moved to A; A's own pool never started

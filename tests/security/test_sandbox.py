@@ -416,8 +416,11 @@ async def test_jobs_are_refused_with_one_clear_line_when_no_sandbox_can_be_made(
     finally:
         proc.send_signal(signal.SIGTERM)
         await trio.to_thread.run_sync(proc.wait)
-    logged = [line for line in log_path.read_text().splitlines() if "jobs are refused" in line]
+    lines = log_path.read_text().splitlines()
+    logged = [line for line in lines if "jobs are refused" in line and "seamless_node.jobless:" in line]
     assert len(logged) == 1, logged
+    # and the job's own line says why it failed
+    assert [line for line in lines if "seamless_node.jobs:" in line and "jobs are refused" in line]
 
 
 async def test_an_unsandboxed_node_says_so_at_start(start_node, caplog):

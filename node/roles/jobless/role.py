@@ -13,9 +13,11 @@ from ...config import NodeConfig
 from ..base import NodeContext, Role
 from .backends.base import Backend
 from .gateway import Gateway
+from .journal import JobJournal
 from .sandbox.plan import SandboxSettings
 from .service import JobService
 from .spec import Limits
+from .states import JobState
 
 if TYPE_CHECKING:
     from ...web.fastpath import FastRoute
@@ -86,12 +88,24 @@ class JoblessRole(Role):
         )
         metrics = context.metrics
         for state in ("submitted", "done", "failed", "cancelled"):
-            metrics.gauge(
+            metrics.counter(
                 f"seamless_node_jobs_{state}_total",
                 lambda s=state: self.service.counts[s],  # type: ignore[misc]
                 f"jobs {state} since start",
             )
         metrics.gauge("seamless_node_jobs_active", lambda: len(self.service.active), "jobs queued or running")
+        for state in (JobState.QUEUED, JobState.RUNNING):
+            metrics.gauge(
+                f"seamless_node_jobs_{state.value}",
+                lambda s=state: sum(1 for job in self.service.active.values() if job.state is s),  # type: ignore[misc]
+                f"jobs {state.value} now",
+            )
+
+        def peer_label(node_id: str) -> str:  # federation starts after the roles are built
+            federation = context.federation
+            return federation.label(node_id) if federation is not None else node_id[:12]
+
+        self.service.journal = JobJournal(metrics, self.backend.name, peer_label)
 
     def fast_routes(self) -> list["FastRoute"]:
         from .routes_jobserver import jobserver_fast_routes

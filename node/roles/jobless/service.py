@@ -38,6 +38,7 @@ from ...inline_values import parse_verified
 from ...transformation import Transformation
 from .backends.base import Backend
 from .gateway import Gateway, InputMissing
+from .journal import JobJournal
 from .spec import JobOutcome, JobSpec, Limits
 from .states import Event, IllegalTransition, JobState, next_state
 
@@ -163,6 +164,8 @@ class JobService:
         #: jobs holding their inputs in memory (gathered, running, storing) at one time;
         #: the others wait in the queue without them
         self.in_flight = trio.CapacityLimiter(IN_FLIGHT)
+        #: the log lines and metrics of job transitions (journal.py); set by the role
+        self.journal: JobJournal | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -218,6 +221,8 @@ class JobService:
             )
             self.active[tf.checksum] = job
             self.counts["submitted"] += 1
+            if self.journal is not None:
+                self.journal.submitted(job)
             if self._nursery is None:
                 raise RuntimeError("the job service is not running")
             self._nursery.start_soon(self._run_job, job)
@@ -345,6 +350,8 @@ class JobService:
             self.finished.move_to_end(job.checksum)
             while len(self.finished) > self.history:
                 self.finished.popitem(last=False)
+        if self.journal is not None:
+            self.journal.transition(job)
         event_value = self._event(job)
         for send in list(job.subscribers):
             try:
@@ -425,6 +432,8 @@ class JobService:
         if peer is not None:
             assert self.forwarder is not None
             job.executor = peer
+            if self.journal is not None:
+                self.journal.forwarded(job, peer)
             remote = await self.forwarder.forward(job, peer, lambda: self._started(job))
             if not remote.run_here:
                 job.stats = dict(remote.stats)
